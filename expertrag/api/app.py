@@ -1,0 +1,101 @@
+"""The REST API over one knowledge base (FastAPI; OpenAPI docs at ``/docs``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from expertrag.api.schemas import (
+    AnswerModel,
+    EntityResponse,
+    ErrorResponse,
+    FactModel,
+    HealthResponse,
+    QueryRequest,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+from expertrag.errors import (
+    CollectionNotFoundError,
+    EmptyKnowledgeBaseError,
+    ExpertRAGError,
+    InputError,
+    KnowledgeBaseNotFoundError,
+    LLMError,
+)
+from expertrag.knowledge_base import KnowledgeBase
+from expertrag.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATUS_OF_ERROR: list[tuple[type[ExpertRAGError], int]] = [
+    (KnowledgeBaseNotFoundError, 404),
+    (CollectionNotFoundError, 404),
+    (EmptyKnowledgeBaseError, 409),
+    (InputError, 422),
+    (LLMError, 502),
+]
+
+
+def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI:
+    """Return the API app for the knowledge base at ``kb_path``; the folder may not exist yet."""
+    kb_path = Path(kb_path)
+    settings = settings or Settings()
+    app = FastAPI(title="expertrag", version="0.1.0", description="Retrieval and knowledge-graph augmented answers with citations.")
+    lock = threading.Lock()
+    opened: dict[str, KnowledgeBase] = {}
+
+    def knowledge_base() -> KnowledgeBase:
+        with lock:
+            if "kb" not in opened:
+                opened["kb"] = KnowledgeBase.open(kb_path, settings)
+            return opened["kb"]
+
+    @app.exception_handler(ExpertRAGError)
+    async def handle_error(request: Request, error: ExpertRAGError) -> JSONResponse:
+        status = next((code for kind, code in STATUS_OF_ERROR if isinstance(error, kind)), 500)
+        if status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, error)
+        return JSONResponse(status_code=status, content={"detail": str(error)})
+
+    errors = {code: {"model": ErrorResponse} for code in (404, 409, 422, 502)}
+
+    @app.get("/health", response_model=HealthResponse)
+    def health() -> HealthResponse:
+        """Report whether the knowledge base exists and what it holds."""
+        try:
+            kb = knowledge_base()
+        except KnowledgeBaseNotFoundError:
+            return HealthResponse(status="missing", knowledge_base=str(kb_path))
+        collections = kb.stats()["collections"]
+        has_chunks = any(counts.get("chunks") for counts in collections.values())
+        return HealthResponse(status="ok" if has_chunks else "empty", knowledge_base=str(kb_path), collections=collections)
+
+    @app.post("/query", response_model=AnswerModel, responses=errors)
+    def query(request: QueryRequest) -> AnswerModel:
+        """Answer a question with citations to chunks of the knowledge base."""
+        answer = knowledge_base().answer(request.question, request.collection, request.k, request.retriever)
+        return AnswerModel.model_validate(answer.to_dict())
+
+    @app.post("/retrieve", response_model=RetrieveResponse, responses=errors)
+    def retrieve(request: RetrieveRequest) -> RetrieveResponse:
+        """Return the best chunks for a query."""
+        hits = knowledge_base().retrieve(request.query, request.collection, request.k, request.retriever)
+        return RetrieveResponse.model_validate({"hits": [hit.to_dict() for hit in hits]})
+
+    @app.get("/entities/{entity_id}", response_model=EntityResponse, responses=errors)
+    def entity(entity_id: str) -> EntityResponse:
+        """Return an entity and the facts whose subject or object it is."""
+        kb = knowledge_base()
+        found = kb.store.get_entity(entity_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"Entity {entity_id!r} not found")
+        facts = [FactModel.model_validate(asdict(fact)) for fact in kb.store.facts_about([entity_id])]
+        return EntityResponse(entity_id=found.entity_id, name=found.name, label=found.label, facts=facts)
+
+    return app

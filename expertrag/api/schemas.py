@@ -1,0 +1,110 @@
+"""Request and response models of the REST API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+RetrieverName = Literal["dense", "bm25", "hybrid", "graph"]
+
+
+class QueryRequest(BaseModel):
+    """A question to answer from the knowledge base."""
+
+    question: str = Field(min_length=1, max_length=4000, examples=["What does vitamin B12 deficiency do to homocysteine?"])
+    collection: str | None = Field(default=None, description="Collection to search; all when omitted.")
+    k: int | None = Field(default=None, ge=1, le=50, description="Passages given to the LLM.")
+    retriever: RetrieverName = "hybrid"
+
+
+class RetrieveRequest(BaseModel):
+    """A query to retrieve chunks for."""
+
+    query: str = Field(min_length=1, max_length=4000)
+    collection: str | None = None
+    k: int = Field(default=10, ge=1, le=1000)
+    retriever: RetrieverName = "hybrid"
+
+
+class HitModel(BaseModel):
+    """A retrieved chunk."""
+
+    chunk_id: str
+    doc_id: str
+    collection: str
+    title: str
+    text: str
+    start: int
+    end: int
+    score: float
+    ranks: dict[str, int]
+
+
+class CitationModel(BaseModel):
+    """A cited chunk and its supporting sentence; offsets index the document text."""
+
+    number: int
+    chunk_id: str
+    doc_id: str
+    collection: str
+    start: int
+    end: int
+    quote: str
+
+
+class FactModel(BaseModel):
+    """A graph fact with one chunk that states it."""
+
+    relation_id: str
+    subject_id: str
+    subject: str
+    predicate: str
+    object_id: str
+    object: str
+    chunk_id: str
+    start: int
+    end: int
+
+
+class AnswerModel(BaseModel):
+    """An answer with its citations and evidence."""
+
+    question: str
+    answer: str
+    found: bool
+    citations: list[CitationModel]
+    hits: list[HitModel]
+    facts: list[FactModel]
+    notes: list[str]
+    seconds: float
+
+
+class RetrieveResponse(BaseModel):
+    """Retrieved chunks, best first."""
+
+    hits: list[HitModel]
+
+
+class HealthResponse(BaseModel):
+    """Service state: ``ok``, ``empty`` (nothing ingested) or ``missing`` (no knowledge base)."""
+
+    status: Literal["ok", "empty", "missing"]
+    knowledge_base: str
+    collections: dict[str, dict[str, int]] = {}
+
+
+class EntityResponse(BaseModel):
+    """An entity and the facts around it."""
+
+    entity_id: str
+    name: str
+    label: str
+    facts: list[FactModel]
+
+
+class ErrorResponse(BaseModel):
+    """An error with a message that says what to do."""
+
+    detail: str
+    extra: dict[str, Any] = {}

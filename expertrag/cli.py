@@ -1,0 +1,313 @@
+"""The ``expertrag`` command: ingest, query, retrieve, serve, evaluate and export a knowledge base."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from expertrag.errors import ExpertRAGError
+from expertrag.logging_config import configure_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and knowledge-graph augmented generation.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answering quality.")
+app.add_typer(eval_app, name="eval")
+
+KB_OPTION = typer.Option(Path("kb"), "--kb", help="Knowledge base folder.", envvar="EXPERTRAG_KB")
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level to stderr.")
+RETRIEVER_OPTION = typer.Option("hybrid", "--retriever", help="dense, bm25, hybrid (dense + BM25 fusion) or graph.")
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"Error: {error}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def ingest(
+    corpus: Path = typer.Argument(..., help="BEIR folder, .jsonl file or folder of .txt/.md files."),
+    kb: Path = KB_OPTION,
+    collection: str = typer.Option("default", "--collection", "-c", help="Collection to ingest into."),
+    corpus_format: str = typer.Option("auto", "--format", help="auto, beir, jsonl or text."),
+    on_error: str = typer.Option("raise", "--on-error", help="raise: stop on a bad record and write nothing; skip: skip and count it."),
+    id_field: str = typer.Option("_id", help="JSON field with the document id."),
+    title_field: str = typer.Option("title", help="JSON field with the title ('' for none)."),
+    text_field: str = typer.Option("text", help="JSON field with the text."),
+    as_json: bool = JSON_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Ingest a corpus into a knowledge base (created when missing); re-running adds only what changed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from expertrag.knowledge_base import KnowledgeBase
+
+    configure_logging(verbose)
+    if on_error not in ("raise", "skip"):
+        _fail(ValueError(f"Invalid --on-error {on_error!r}: use raise or skip"))
+    try:
+        with KnowledgeBase.open(kb, create=True) as knowledge_base:
+            with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          disable=as_json or not sys.stderr.isatty(), console=None, transient=True) as bar:
+                task = bar.add_task("documents", total=None)
+                report = knowledge_base.ingest(
+                    corpus, collection, corpus_format, on_error, id_field, title_field or None, text_field,  # type: ignore[arg-type]
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+    except ExpertRAGError as error:
+        _fail(error)
+    result = {**report.__dict__, "documents_per_second": round(report.documents_per_second, 2), "kb": str(kb)}
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(
+        f"Ingested {report.documents_added} documents into {kb} (collection {collection!r}): "
+        f"{report.chunks_added} chunks, {report.entities_added} entity records, {report.relations_added} relations; "
+        f"{report.documents_unchanged} unchanged, {report.documents_skipped} skipped; "
+        f"{report.seconds:.1f} s ({report.documents_per_second:.1f} documents/s)"
+    )
+    for message in report.errors[:10]:
+        typer.echo(f"  skipped: {message}")
+
+
+@app.command()
+def query(
+    question: str = typer.Argument(..., help="The question."),
+    kb: Path = KB_OPTION,
+    collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection to search (default: all)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Passages given to the LLM."),
+    retriever: str = RETRIEVER_OPTION,
+    as_json: bool = JSON_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Answer a question from the knowledge base with citations."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    configure_logging(verbose)
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            answer = knowledge_base.answer(question, collection, k, retriever)  # type: ignore[arg-type]
+    except ExpertRAGError as error:
+        _fail(error)
+    if as_json:
+        _print_json(answer.to_dict())
+        return
+    typer.echo(answer.answer)
+    for citation in answer.citations:
+        typer.echo(f"  [{citation.number}] {citation.collection}/{citation.doc_id} chunk {citation.chunk_id} "
+                   f"chars {citation.start}-{citation.end}: {citation.quote}")
+    for note in answer.notes:
+        typer.echo(f"  note: {note}")
+
+
+@app.command()
+def retrieve(
+    text: str = typer.Argument(..., help="The query."),
+    kb: Path = KB_OPTION,
+    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    k: int = typer.Option(10, "--k", help="Chunks to return."),
+    retriever: str = RETRIEVER_OPTION,
+    as_json: bool = JSON_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Print the best chunks for a query."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    configure_logging(verbose)
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            hits = knowledge_base.retrieve(text, collection, k, retriever)  # type: ignore[arg-type]
+    except ExpertRAGError as error:
+        _fail(error)
+    if as_json:
+        _print_json([hit.to_dict() for hit in hits])
+        return
+    for rank, hit in enumerate(hits, start=1):
+        preview = hit.text[:160].replace("\n", " ")
+        typer.echo(f"{rank:>3}. {hit.score:.4f} {hit.collection}/{hit.doc_id} {hit.ranks} {preview}")
+
+
+@app.command()
+def stats(kb: Path = KB_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Print the counts of a knowledge base."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            result = knowledge_base.stats()
+    except ExpertRAGError as error:
+        _fail(error)
+    _print_json(result) if as_json else typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def delete(
+    doc_id: str = typer.Argument(..., help="Id of the document to delete."),
+    kb: Path = KB_OPTION,
+    collection: str = typer.Option("default", "--collection", "-c"),
+) -> None:
+    """Delete a document with its chunks, vectors, mentions and the relations only it supported."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            deleted = knowledge_base.delete_document(collection, doc_id)
+    except ExpertRAGError as error:
+        _fail(error)
+    if not deleted:
+        _fail(ValueError(f"Document {doc_id!r} not found in collection {collection!r}"))
+    typer.echo(f"Deleted {collection}/{doc_id}")
+
+
+@app.command()
+def export(
+    kb: Path = KB_OPTION,
+    export_format: str = typer.Option("turtle", "--format", help="turtle, nt or jsonld."),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write."),
+) -> None:
+    """Export the knowledge graph as RDF."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            triples = knowledge_base.export(out, export_format)  # type: ignore[arg-type]
+    except ExpertRAGError as error:
+        _fail(error)
+    typer.echo(f"Wrote {triples} triples to {out}")
+
+
+@app.command()
+def sparql(
+    sparql_query: str = typer.Argument(..., metavar="QUERY", help="SPARQL SELECT or ASK; prefixes er:, rel:, entity:, chunk: are bound."),
+    kb: Path = KB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run a SPARQL query over the knowledge graph."""
+    from expertrag.knowledge_base import KnowledgeBase
+
+    try:
+        with KnowledgeBase.open(kb) as knowledge_base:
+            rows = knowledge_base.sparql(sparql_query)
+    except ExpertRAGError as error:
+        _fail(error)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        typer.echo("\t".join(row.values()))
+
+
+@app.command()
+def serve(
+    kb: Path = KB_OPTION,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Serve the REST API (POST /query, POST /retrieve, GET /health; docs at /docs)."""
+    import uvicorn
+
+    from expertrag.api.app import create_app
+
+    configure_logging(verbose)
+    uvicorn.run(create_app(kb), host=host, port=port, log_level="info" if verbose else "warning")
+
+
+@eval_app.command("beir")
+def eval_beir(
+    dataset_dir: Path = typer.Argument(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."),
+    retriever: list[str] = typer.Option(["dense"], "--retriever", help="dense, bm25 or hybrid; repeat for several."),
+    granularity: str = typer.Option("document", help="document: one vector per document (as MTEB); chunk: ingestion's chunks."),
+    split: str = typer.Option("test", help="Qrels split to score."),
+    kb: Optional[Path] = typer.Option(None, "--kb", help="Search this knowledge base's collection instead of encoding the dataset."),
+    collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection in --kb (default: the dataset folder name)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-query and mean values as JSON here."),
+    as_json: bool = JSON_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Print nDCG@10, recall@100 and MRR@10 of each retriever on a BEIR dataset."""
+    import time as clock
+
+    from expertrag.atomic import atomic_write_bytes
+    from expertrag.eval.beir import BeirDataset, BeirEvaluator, BeirResult, run_kb_queries
+    from expertrag.eval.metrics import evaluate_run
+    from expertrag.retrievers.encoder import Encoder
+    from expertrag.settings import Settings
+
+    configure_logging(verbose)
+    results: list[BeirResult] = []
+    try:
+        settings = Settings()
+        dataset = BeirDataset.load(dataset_dir, split)
+        if kb is not None:
+            from expertrag.knowledge_base import KnowledgeBase
+
+            with KnowledgeBase.open(kb, settings) as knowledge_base:
+                name = collection or dataset.name
+                for name_of_retriever in retriever:
+                    started = clock.perf_counter()
+                    run = run_kb_queries(knowledge_base, name, dataset, name_of_retriever)
+                    means, per_query = evaluate_run(dataset.qrels, run)
+                    results.append(BeirResult(dataset.name, split, name_of_retriever, f"kb:{name}",
+                                              knowledge_base.manifest["encoder"], len(dataset.queries),
+                                              len(dataset.documents), means, per_query, clock.perf_counter() - started))
+        else:
+            encoder = Encoder.shared(settings.encoder, settings.device, settings.encode_batch_size)
+            evaluator = BeirEvaluator(dataset, encoder, settings, granularity)  # type: ignore[arg-type]
+            results = [evaluator.evaluate(name_of_retriever, split) for name_of_retriever in retriever]  # type: ignore[arg-type]
+    except ExpertRAGError as error:
+        _fail(error)
+
+    payload = [result.to_dict() for result in results]
+    if out is not None:
+        atomic_write_bytes(out, json.dumps(payload, indent=2).encode("utf-8"))
+    if as_json:
+        _print_json([{k: v for k, v in item.items() if k != "per_query"} for item in payload])
+        return
+    typer.echo(f"{'dataset':<16}{'retriever':<10}{'granularity':<16}{'nDCG@10':>9}{'R@100':>8}{'MRR@10':>8}{'queries':>9}")
+    for result in results:
+        m = result.metrics
+        typer.echo(f"{result.dataset:<16}{result.retriever:<10}{result.granularity:<16}"
+                   f"{m['ndcg@10']:>9.4f}{m['recall@100']:>8.4f}{m['mrr@10']:>8.4f}{result.queries:>9}")
+
+
+@app.command()
+def demo(
+    kb: Path = typer.Option(Path("demo_kb"), "--kb", help="Knowledge base folder for the demo."),
+    question: Optional[str] = typer.Option(None, help="Question to ask (default: a sample question)."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Ingest the bundled SciFact sample and answer a sample question with citations."""
+    from expertrag.knowledge_base import KnowledgeBase
+    from expertrag.sample import SAMPLE_DIR, SAMPLE_QUESTION
+
+    configure_logging(verbose)
+    question = question or SAMPLE_QUESTION
+    try:
+        with KnowledgeBase.open(kb, create=True) as knowledge_base:
+            report = knowledge_base.ingest(SAMPLE_DIR, collection="scifact-sample")
+            typer.echo(f"Knowledge base {kb}: {report.documents_added} documents added, "
+                       f"{report.documents_unchanged} already there; {knowledge_base.stats()['totals']}")
+            typer.echo(f"Question: {question}")
+            answer = knowledge_base.answer(question)
+    except ExpertRAGError as error:
+        _fail(error)
+    typer.echo(f"Answer: {answer.answer}")
+    for citation in answer.citations:
+        typer.echo(f"  [{citation.number}] scifact-sample/{citation.doc_id} chars {citation.start}-{citation.end}: {citation.quote}")
+
+
+def main() -> None:
+    """Entry point of the ``expertrag`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

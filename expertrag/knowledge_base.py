@@ -1,0 +1,261 @@
+"""The knowledge base: one directory that holds a record store, an RDF graph and vector indexes.
+
+Layout::
+
+    manifest.json        format version, models, collections and counts
+    records.sqlite       documents, chunks with vectors, entities, mentions, relations, ingest log
+    graph.nt             the knowledge graph as RDF (N-Triples), rewritten after each ingest
+    indexes/<name>.faiss one FAISS index per collection, rebuilt when its chunks change
+
+The CLI, the REST API and the notebooks are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from expertrag.atomic import atomic_write_bytes
+from expertrag.errors import (
+    CollectionNotFoundError,
+    EmptyKnowledgeBaseError,
+    InputError,
+    KnowledgeBaseError,
+    KnowledgeBaseNotFoundError,
+)
+from expertrag.kg_build.chunking import Chunker
+from expertrag.kg_build.extraction import SpacyExtractor, load_spacy
+from expertrag.kg_build.loaders import CorpusFormat, OnError, open_corpus
+from expertrag.kg_build.pipeline import IngestionPipeline, IngestReport, ProgressCallback
+from expertrag.kg_build.rdf import ExportFormat, RdfGraphStore
+from expertrag.kg_build.store import Fact, RecordStore
+from expertrag.rag.answerer import Answer, Answerer, content_words
+from expertrag.retrievers.encoder import Encoder
+from expertrag.retrievers.fusion import reciprocal_rank_fusion
+from expertrag.retrievers.hits import Hit
+from expertrag.retrievers.search import CollectionSearcher, Retriever
+from expertrag.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class KnowledgeBase:
+    """A knowledge base directory opened for reading and writing.
+
+    Example::
+
+        kb = KnowledgeBase.open("kb", create=True)
+        kb.ingest("corpus/", collection="papers")
+        print(kb.answer("What does protein X regulate?").answer)
+    """
+
+    def __init__(self, path: Path, settings: Settings, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+        self.manifest = manifest
+        self.store = RecordStore(path / "records.sqlite")
+        self.graph_store = RdfGraphStore(path / "graph.nt")
+        self._lock = threading.RLock()
+        self._encoder: Encoder | None = None
+        self._searchers: dict[str, CollectionSearcher] = {}
+        self._answerer: Answerer | None = None
+
+    # Opening
+
+    @classmethod
+    def open(cls, path: str | Path, settings: Settings | None = None, create: bool = False) -> "KnowledgeBase":
+        """Open the knowledge base at ``path``; with ``create`` make a new one when none exists."""
+        path = Path(path)
+        settings = settings or Settings()
+        manifest_path = path / MANIFEST
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                raise KnowledgeBaseError(f"Corrupt manifest {manifest_path}: {error}") from None
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise KnowledgeBaseError(
+                    f"{path} has knowledge base format {manifest.get('format_version')}, this expertrag reads {FORMAT_VERSION}"
+                )
+            return cls(path, settings, manifest)
+        if not create:
+            raise KnowledgeBaseNotFoundError(
+                f"No knowledge base at {path}: create one with `expertrag ingest CORPUS --kb {path}`"
+            )
+        if path.exists() and any(path.iterdir()):
+            raise KnowledgeBaseError(f"{path} exists and is not a knowledge base; choose an empty or new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created_at": time.time(),
+            "encoder": settings.encoder,
+            "spacy_model": settings.spacy_model,
+            "chunking": {"max_tokens": settings.chunk_max_tokens, "overlap_tokens": settings.chunk_overlap_tokens},
+            "collections": {},
+        }
+        kb = cls(path, settings, manifest)
+        kb._write_manifest()
+        logger.info("Created knowledge base %s", path)
+        return kb
+
+    def close(self) -> None:
+        """Close the record store."""
+        self.store.close()
+
+    def __enter__(self) -> "KnowledgeBase":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> Encoder:
+        """The base encoder the knowledge base was built with, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = Encoder.shared(self.manifest["encoder"], self.settings.device, self.settings.encode_batch_size)
+        return self._encoder
+
+    def _write_manifest(self) -> None:
+        self.manifest["updated_at"] = time.time()
+        atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=2).encode("utf-8"))
+
+    # Ingestion
+
+    def ingest(
+        self,
+        corpus: str | Path,
+        collection: str = "default",
+        corpus_format: CorpusFormat = "auto",
+        on_error: OnError = "raise",
+        id_field: str = "_id",
+        title_field: str | None = "title",
+        text_field: str = "text",
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Ingest a corpus into ``collection``; documents already stored unchanged are skipped."""
+        if not collection or "/" in collection or collection.strip() != collection:
+            raise InputError(f"Invalid collection name {collection!r}: use letters, digits, '-' or '_'")
+        loader = open_corpus(corpus, corpus_format, on_error, id_field, title_field, text_field)
+        chunking = self.manifest["chunking"]
+        pipeline = IngestionPipeline(
+            store=self.store,
+            chunker=Chunker(self.encoder.tokenizer, chunking["max_tokens"], chunking["overlap_tokens"]),
+            encoder=self.encoder,
+            extractor=SpacyExtractor(load_spacy(self.manifest["spacy_model"]), self.settings.spacy_batch_size),
+            batch_documents=self.settings.ingest_batch_documents,
+        )
+        with self._lock:
+            report = pipeline.run(loader, collection, progress)
+            self._after_change(collection)
+        return report
+
+    def delete_document(self, collection: str, doc_id: str) -> bool:
+        """Delete a document and what only it supported; return False when it was not stored."""
+        with self._lock:
+            deleted = self.store.delete_document(collection, doc_id)
+            if deleted:
+                self._after_change(collection)
+            return deleted
+
+    def _after_change(self, collection: str) -> None:
+        """Rebuild the collection's vector index and the RDF graph, then update the manifest."""
+        if self.store.counts(collection)["chunks"]:
+            self.searcher(collection).refresh()
+        self.graph_store.sync(self.store)
+        self.manifest["collections"] = {name: self.store.counts(name) for name in self.store.collections()}
+        self.manifest["counts"] = self.store.counts()
+        self._write_manifest()
+
+    # Reading
+
+    def collections(self) -> list[str]:
+        """Return the collection names."""
+        return self.store.collections()
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts per collection and in total."""
+        return {
+            "path": str(self.path),
+            "encoder": self.manifest["encoder"],
+            "collections": {name: self.store.counts(name) for name in self.collections()},
+            "totals": self.store.counts(),
+        }
+
+    def searcher(self, collection: str) -> CollectionSearcher:
+        """Return the searcher of one collection."""
+        with self._lock:
+            if collection not in self._searchers:
+                if collection not in self.store.collections():
+                    known = ", ".join(self.store.collections()) or "none"
+                    raise CollectionNotFoundError(f"Collection {collection!r} not found in {self.path} (collections: {known})")
+                self._searchers[collection] = CollectionSearcher(
+                    self.store, collection, self.path / "indexes" / f"{collection}.faiss", self.encoder, self.settings
+                )
+            return self._searchers[collection]
+
+    def _target_collections(self, collection: str | None) -> list[str]:
+        names = [collection] if collection else self.collections()
+        if not names:
+            raise EmptyKnowledgeBaseError(f"The knowledge base {self.path} is empty: ingest a corpus first")
+        return names
+
+    def retrieve(self, query: str, collection: str | None = None, k: int = 10, retriever: Retriever = "hybrid") -> list[Hit]:
+        """Return the ``k`` best chunks for ``query`` from one collection, or from all of them fused."""
+        names = self._target_collections(collection)
+        results = [self.searcher(name).search(query, k, retriever) for name in names]
+        if len(results) == 1:
+            return results[0]
+        by_id = {hit.chunk_id: hit for hits in results for hit in hits}
+        fused = reciprocal_rank_fusion([[hit.chunk_id for hit in hits] for hits in results], k=self.settings.rrf_k)
+        return [by_id[chunk_id] for chunk_id, _ in fused[:k]]
+
+    def facts_for(self, question: str, hits: Sequence[Hit], limit: int | None = None) -> list[Fact]:
+        """Return graph facts stated in the hits, those that share most words with the question first."""
+        limit = self.settings.graph_facts if limit is None else limit
+        facts = self.store.facts_of_chunks([hit.chunk_id for hit in hits])
+        wanted = content_words(question)
+        ranked = sorted(facts, key=lambda f: -len(wanted & content_words(f"{f.subject} {f.object}")))
+        unique = list({fact.relation_id: fact for fact in ranked}.values())
+        return unique[:limit]
+
+    def answerer(self) -> Answerer:
+        """Return the answerer with the configured LLM backend, created on first use."""
+        if self._answerer is None:
+            from expertrag.rag.llm import create_backend
+
+            self._answerer = Answerer(create_backend(self.settings), self.settings.llm_max_tokens)
+        return self._answerer
+
+    def answer(self, question: str, collection: str | None = None, k: int | None = None, retriever: Retriever = "hybrid") -> Answer:
+        """Retrieve evidence for ``question`` and answer it with citations."""
+        k = k or self.settings.top_k
+        hits = self.retrieve(question, collection, k, retriever)
+        notes = []
+        best = max((self.searcher(name).dense_score(question) for name in self._target_collections(collection)), default=0.0)
+        if best < self.settings.min_dense_score:
+            notes.append(f"best passage similarity {best:.2f} is below {self.settings.min_dense_score}")
+            hits = []
+        return self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
+
+    def chunk(self, chunk_id: str) -> dict[str, Any] | None:
+        """Return one stored chunk as a dict, or None."""
+        found = self.store.get_chunks([chunk_id]).get(chunk_id)
+        return None if found is None else found.__dict__.copy()
+
+    # RDF
+
+    def export(self, out: str | Path, export_format: ExportFormat = "turtle") -> int:
+        """Write the knowledge graph as Turtle, N-Triples or JSON-LD; return the triple count."""
+        return self.graph_store.export(Path(out), export_format)
+
+    def sparql(self, query: str) -> list[dict[str, str]]:
+        """Run a SPARQL query over the knowledge graph."""
+        return self.graph_store.sparql(query)

@@ -1,0 +1,44 @@
+"""BM25 over a collection's chunks with bm25s (sparse matrices, Snowball stemming)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BM25Index:
+    """A bm25s index and the chunk id of each of its rows."""
+
+    model: Any
+    chunk_ids: list[str]
+
+    @classmethod
+    def build(cls, texts: list[str], chunk_ids: list[str], language: str = "english") -> "BM25Index":
+        """Tokenize with English stop words and the Snowball stemmer, then index."""
+        import bm25s
+        import Stemmer
+
+        stemmer = Stemmer.Stemmer(language)
+        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+        model = bm25s.BM25()
+        model.index(tokens, show_progress=False)
+        model._expertrag_stemmer = stemmer
+        return cls(model=model, chunk_ids=list(chunk_ids))
+
+    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Return (scores, chunk ids) of the top ``k`` chunks of each query; zero-score hits are dropped."""
+        import bm25s
+
+        k = min(k, len(self.chunk_ids))
+        if k == 0 or not queries:
+            return np.zeros((len(queries), 0), dtype=np.float32), [[] for _ in queries]
+        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=self.model._expertrag_stemmer, show_progress=False)
+        rows, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        ids = [[self.chunk_ids[r] for r, s in zip(row, row_scores) if s > 0] for row, row_scores in zip(rows, scores)]
+        return scores, ids

