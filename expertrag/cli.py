@@ -27,6 +27,10 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _escape_cell(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -201,7 +205,8 @@ def sparql(
         _print_json(rows)
         return
     for row in rows:
-        typer.echo("\t".join(row.values()))
+        # Tabs separate columns, so tabs, newlines and backslashes inside values are escaped.
+        typer.echo("\t".join(_escape_cell(value) for value in row.values()))
 
 
 @app.command()

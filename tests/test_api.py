@@ -26,7 +26,7 @@ from expertrag.sample import SAMPLE_DIR
 from expertrag.settings import Settings
 from tests.conftest import SAMPLE_COLLECTION
 
-# Seconds to wait for a server's /health to answer after its thread starts.
+# Seconds to wait for a server's /health to return 200 after its thread starts.
 STARTUP_TIMEOUT_S = 30.0
 # SciFact claim 36 ("A deficiency of vitamin B12 increases blood levels of homocysteine.").
 SAMPLE_QUERY_ID = "36"
@@ -71,7 +71,7 @@ def running_server(kb_path: Path, settings: Settings) -> Iterator[str]:
 
 
 def wait_for_health(base_url: str, thread: threading.Thread) -> None:
-    """Poll GET /health until it returns 200; fail when the server thread dies or the timeout passes."""
+    """Poll GET /health until it returns 200. Fail when the server thread exits or the timeout passes."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last_error: Exception | None = None
     while time.monotonic() < deadline:

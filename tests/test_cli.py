@@ -1,7 +1,7 @@
 """Tests of the ``expertrag`` command line on tiny generated corpora.
 
 Most commands run in-process through Typer's CliRunner, so the encoder and the spaCy
-pipeline load once per session; one test runs the installed console script itself.
+pipeline load once per session. One test runs the installed console script itself.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ RUNNER = CliRunner()
 
 
 def invoke(*args: object) -> Result:
-    """Run the CLI in-process with ``args``; stdout and stderr are kept apart."""
+    """Run the CLI in-process with ``args``, keeping stdout and stderr apart."""
     return RUNNER.invoke(app, [str(arg) for arg in args])
 
 

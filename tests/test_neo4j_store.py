@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -437,8 +438,12 @@ def test_missing_database_raises_graph_store_error(clean_uri: str) -> None:
     assert "does not exist" in str(raised.value)
 
 
+# A Bolt COMMIT message in one chunk: chunk size 2, struct marker 0xB0, signature 0x12, end marker.
+BOLT_COMMIT = b"\x00\x02\xb0\x12\x00\x00"
+
+
 class TcpProxy:
-    """A TCP relay on 127.0.0.1 in front of the Neo4j Bolt port that can drop connections and refuse new ones."""
+    """A TCP relay on 127.0.0.1 in front of the Neo4j Bolt port that can cut connections and refuse new ones."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -447,6 +452,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._trigger: bytes | None = None
         self._closed = False
         self.listen()
 
@@ -469,6 +475,13 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+
+    def drop_on(self, trigger: bytes) -> None:
+        """Cut every connection, without forwarding, when the client next sends data containing ``trigger``.
+
+        An empty ``trigger`` matches the next data of any kind. The trigger fires once.
+        """
+        self._trigger = trigger
 
     def drop_connections(self) -> None:
         """Reset every relayed connection, as a network failure or a server crash would."""
@@ -504,13 +517,17 @@ class TcpProxy:
             client.settimeout(None)
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
         try:
             while data := source.recv(65536):
+                trigger = self._trigger
+                if from_client and trigger is not None and trigger in data:
+                    self._trigger = None
+                    self.drop_connections()
+                    return
                 target.sendall(data)
         except OSError:
             pass
@@ -532,20 +549,44 @@ def proxy(clean_uri: str) -> Iterator[TcpProxy]:
     relay.close()
 
 
-def test_dropped_connection_is_retried(proxy: TcpProxy, drug_store: RecordStore) -> None:
+def test_dropped_connection_is_retried(
+    proxy: TcpProxy, drug_store: RecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
     graph = open_store(proxy.uri, batch_size=2, max_retry_seconds=20.0)
 
-    def drop_once(step: str, done: int, total: int) -> None:
+    def drop_next_message(step: str, done: int, total: int) -> None:
         if step == "write entities" and proxy.drops == 0:
-            proxy.drop_connections()
+            # The next message is the BEGIN of the following batch's transaction.
+            proxy.drop_on(b"")
 
-    report = graph.sync(drug_store, progress=drop_once)
+    with caplog.at_level(logging.WARNING, logger="neo4j"):
+        graph.sync(drug_store, progress=drop_next_message)
 
     assert proxy.drops == 1
+    assert "will be retried" in caplog.text
     assert graph.counts() == record_counts(drug_store)
     assert set(duplicate_keys(graph).values()) == {0}
     second = graph.sync(drug_store)
     assert (second.added, second.removed) == (0, 0)
+    graph.close()
+
+
+def test_connection_lost_at_commit_is_rerun(
+    proxy: TcpProxy, drug_store: RecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    graph = open_store(proxy.uri, batch_size=2)
+
+    def drop_at_commit(step: str, done: int, total: int) -> None:
+        if step == "write entities" and proxy.drops == 0:
+            proxy.drop_on(BOLT_COMMIT)
+
+    with caplog.at_level(logging.WARNING, logger="expertrag"):
+        graph.sync(drug_store, progress=drop_at_commit)
+
+    assert proxy.drops == 1
+    assert "Commit outcome unknown" in caplog.text
+    assert graph.counts() == record_counts(drug_store)
+    assert set(duplicate_keys(graph).values()) == {0}
     graph.close()
 
 
@@ -620,6 +661,21 @@ def test_vector_search_rejects_wrong_dimensions(graph: Neo4jGraphStore, tmp_path
         graph.vector_search(np.ones(DIMENSIONS + 1), k=3)
     with pytest.raises(GraphStoreError):
         graph.vector_search(np.ones(DIMENSIONS), k=3, collection="other")
+    store.close()
+
+
+def test_vector_index_rebuilt_on_config_change(graph: Neo4jGraphStore, tmp_path: Path) -> None:
+    store = build_store(tmp_path / "vectors.sqlite", vector_documents(20))
+    graph.sync(store)
+    graph.write_chunk_vectors(store, COLLECTION)
+
+    graph.write_chunk_vectors(store, COLLECTION, quantization=True)
+
+    index = graph.vector_indexes()[0]
+    rows = graph._read("SHOW VECTOR INDEXES YIELD name, options WHERE name = $name RETURN options",
+                       name=index.index_name)
+    assert rows[0]["options"]["indexConfig"]["vector.quantization.enabled"] is True
+    assert len(graph.vector_search(np.ones(DIMENSIONS), k=5)) == 5
     store.close()
 
 

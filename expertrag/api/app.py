@@ -7,7 +7,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from expertrag.api.schemas import (
@@ -89,13 +89,19 @@ def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI
         return RetrieveResponse.model_validate({"hits": [hit.to_dict() for hit in hits]})
 
     @app.get("/entities/{entity_id}", response_model=EntityResponse, responses=errors)
-    def entity(entity_id: str) -> EntityResponse:
-        """Return an entity and the facts whose subject or object it is."""
+    def entity(entity_id: str, limit: int = Query(default=50, ge=1, le=1000, description="Facts to return.")) -> EntityResponse:
+        """Return an entity and the facts whose subject or object it is, ordered by relation id."""
         kb = knowledge_base()
         found = kb.store.get_entity(entity_id)
         if found is None:
             raise HTTPException(status_code=404, detail=f"Entity {entity_id!r} not found")
-        facts = [FactModel.model_validate(asdict(fact)) for fact in kb.store.facts_about([entity_id])]
-        return EntityResponse(entity_id=found.entity_id, name=found.name, label=found.label, facts=facts)
+        facts = kb.store.facts_about([entity_id], limit=limit + 1)
+        return EntityResponse(
+            entity_id=found.entity_id,
+            name=found.name,
+            label=found.label,
+            facts=[FactModel.model_validate(asdict(fact)) for fact in facts[:limit]],
+            truncated=len(facts) > limit,
+        )
 
     return app

@@ -95,16 +95,16 @@ class HealthResponse(BaseModel):
 
 
 class EntityResponse(BaseModel):
-    """An entity and the facts around it."""
+    """An entity and the facts whose subject or object it is, at most ``limit`` of them."""
 
     entity_id: str
     name: str
     label: str
     facts: list[FactModel]
+    truncated: bool = Field(description="True when the entity has more facts than were returned.")
 
 
 class ErrorResponse(BaseModel):
-    """An error with a message that says what to do."""
+    """An error: a message that says what to do, or for an invalid request body FastAPI's list of field errors."""
 
-    detail: str
-    extra: dict[str, Any] = {}
+    detail: str | list[dict[str, Any]]

@@ -26,6 +26,12 @@ SKIPPED_LABELS = frozenset({"CARDINAL", "ORDINAL", "PERCENT", "QUANTITY", "MONEY
 SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
 OBJECT_DEPS = frozenset({"dobj", "attr", "oprd"})
 MAX_NAME_CHARS = 80
+# Single-word noun chunks that name the text itself (its sections and moves), not a domain concept.
+GENERIC_CONCEPTS = frozenset(
+    "result results finding findings study studies effect effects method methods data analysis analyses "
+    "conclusion conclusions background objective objectives purpose aim aims evidence role case cases "
+    "approach approaches paper work model models use level levels number type types group groups".split()
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -148,5 +154,10 @@ def _strip_determiners(span: Any) -> Any | None:
 
 
 def _usable_name(text: str) -> bool:
+    """Reject names that cross a line break (a title and its body), are too short or long, or are generic."""
+    if "\n" in text:
+        return False
     normalized = normalize_name(text)
+    if normalized in GENERIC_CONCEPTS:
+        return False
     return 1 < len(normalized) <= MAX_NAME_CHARS and any(ch.isalpha() for ch in normalized)

@@ -408,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     server = Neo4jServer(lib_dir=arguments.lib_dir, home=arguments.home, port=arguments.port,
                          heap=arguments.heap, page_cache=arguments.page_cache, password=arguments.password)
     # SIGTERM ends the wait below the same way Ctrl-C does, so the server always gets stopped.
+    # SIGINT gets its default handler back because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.start()
     except GraphStoreError as error:

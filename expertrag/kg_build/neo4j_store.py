@@ -178,8 +178,8 @@ REGISTER_VECTOR_INDEX = """
 MERGE (v:VectorIndex {collection: $collection})
 SET v.index_name = $index_name, v.label = $label, v.dimensions = $dimensions, v.vectors = $vectors
 """
-# Index and label names are spliced in because Cypher takes no parameter there; they are
-# built by ``vector_index_names`` from a hex hash of the collection name, never from its text.
+# The index name and label are spliced in because Cypher takes no parameter there. They come
+# from ``vector_index_names``: a fixed prefix and a hex hash of the collection name, never its text.
 CREATE_VECTOR_INDEX = """
 CREATE VECTOR INDEX {index_name} IF NOT EXISTS FOR (c:{label}) ON (c.embedding)
 OPTIONS {{indexConfig: {{`vector.dimensions`: $dimensions, `vector.similarity_function`: 'cosine',

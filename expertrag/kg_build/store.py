@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expertrag.records import Chunk, Document, Entity, Extraction, Mention, Relation
+from expertrag.records import Chunk, Document, Entity, Extraction
 
 logger = logging.getLogger(__name__)
 
