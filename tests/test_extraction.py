@@ -88,3 +88,36 @@ def test_same_entity_in_two_chunks_gets_one_id(extractor: SpacyExtractor) -> Non
     assert ids_first
     assert ids_first == {entity_id_for("insulin", CONCEPT)}
     assert ids_second.isdisjoint(ids_first) or ids_second == ids_first
+
+
+def test_document_parse_assigns_mentions_to_every_containing_chunk(extractor: SpacyExtractor) -> None:
+    text = "Insulin regulates blood glucose. Frederick Banting worked in Toronto. Metformin activates AMPK."
+    middle = text.index("Frederick")
+    end_of_first = text.index(" Metformin")
+    first = Chunk("k1", "d", "test", 0, 0, end_of_first, text[:end_of_first], 0)
+    second = Chunk("k2", "d", "test", 1, middle, len(text), text[middle:], 0)
+    extraction = extractor.extract_documents([text], [[first, second]])[0]
+
+    chunks_of = {}
+    for mention in extraction.mentions:
+        assert text[mention.start:mention.end] == mention.text
+        chunks_of.setdefault(mention.text, set()).add(mention.chunk_id)
+    assert chunks_of["Insulin"] == {"k1"}
+    assert chunks_of["Toronto"] == {"k1", "k2"}
+    assert chunks_of["Metformin"] == {"k2"}
+
+    by_predicate = {r.predicate: r for r in extraction.relations}
+    assert by_predicate["work_in"].chunk_id == "k1"
+    assert by_predicate["activate"].chunk_id == "k2"
+    for relation in extraction.relations:
+        chunk = first if relation.chunk_id == "k1" else second
+        assert chunk.start <= relation.start < relation.end <= chunk.end
+
+
+def test_document_and_chunk_parses_agree_on_a_single_chunk(extractor: SpacyExtractor) -> None:
+    text = "Alexander Fleming discovered penicillin in London."
+    chunk = make_chunk(text)
+    whole = extractor.extract_documents([text], [[chunk]])[0]
+    alone = extractor.extract([chunk])[0]
+    assert whole.mentions == alone.mentions
+    assert whole.relations == alone.relations

@@ -49,7 +49,7 @@ def load_spacy(model: str) -> Any:
 
 
 class SpacyExtractor:
-    """Extract entities, mentions and relations from chunks with a spaCy pipeline."""
+    """Extract entities, mentions and relations with a spaCy pipeline."""
 
     name = EXTRACTOR_NAME
 
@@ -57,18 +57,34 @@ class SpacyExtractor:
         self.nlp = nlp
         self.batch_size = batch_size
 
-    def extract(self, chunks: Sequence[Chunk]) -> list[Extraction]:
-        """Return one extraction per chunk, aligned with ``chunks``."""
-        docs = self.nlp.pipe((chunk.text for chunk in chunks), batch_size=self.batch_size)
-        return [self._extract_one(chunk, doc) for chunk, doc in zip(chunks, docs)]
+    def extract_documents(self, texts: Sequence[str], chunk_lists: Sequence[Sequence[Chunk]]) -> list[Extraction]:
+        """Parse each document once and give every mention and relation to the chunks that contain it.
 
-    def _extract_one(self, chunk: Chunk, doc: Any) -> Extraction:
-        spans = self._entity_spans(doc)
+        Parsing whole documents avoids parsing the overlap between chunks twice. A document
+        longer than the pipeline's ``max_length`` is parsed chunk by chunk instead.
+        """
+        whole = [len(text) <= self.nlp.max_length for text in texts]
+        docs = iter(self.nlp.pipe((t for t, fits in zip(texts, whole) if fits), batch_size=self.batch_size))
+        results = []
+        for chunks, fits in zip(chunk_lists, whole):
+            if fits:
+                results.append(self._extract(next(docs), 0, list(chunks)))
+            else:
+                results.append(_merge(self.extract(chunks)))
+        return results
+
+    def extract(self, chunks: Sequence[Chunk]) -> list[Extraction]:
+        """Parse each chunk on its own; return one extraction per chunk."""
+        docs = self.nlp.pipe((chunk.text for chunk in chunks), batch_size=self.batch_size)
+        return [self._extract(doc, chunk.start, [chunk]) for chunk, doc in zip(chunks, docs)]
+
+    def _extract(self, doc: Any, offset: int, chunks: list[Chunk]) -> Extraction:
+        """Extract from a parsed text that starts at document offset ``offset`` and spans ``chunks``."""
         token_entity: dict[int, tuple[Any, Entity]] = {}
         extraction = Extraction()
         seen_entities: set[str] = set()
 
-        for span, label in spans:
+        for span, label in self._entity_spans(doc):
             name = span.text.strip()
             entity = Entity(entity_id_for(name, label), name, label)
             for token in span:
@@ -76,10 +92,16 @@ class SpacyExtractor:
             if entity.entity_id not in seen_entities:
                 seen_entities.add(entity.entity_id)
                 extraction.entities.append(entity)
-            start = chunk.start + span.start_char
-            extraction.mentions.append(Mention(chunk.chunk_id, entity.entity_id, start, start + len(span.text), span.text))
+            start = offset + span.start_char
+            end = start + len(span.text)
+            for chunk in _containing(chunks, start, end):
+                extraction.mentions.append(Mention(chunk.chunk_id, entity.entity_id, start, end, span.text))
 
-        extraction.relations = self._relations(chunk, doc, token_entity)
+        for subject_id, predicate, object_id, start, end in self._relations(doc, token_entity):
+            chunk = _containing(chunks, offset + start, offset + end)[0]
+            extraction.relations.append(
+                Relation(subject_id, predicate, object_id, chunk.chunk_id, offset + start, offset + end, EXTRACTOR_NAME)
+            )
         return extraction
 
     def _entity_spans(self, doc: Any) -> list[tuple[Any, str]]:
@@ -101,8 +123,9 @@ class SpacyExtractor:
             taken.update(range(span.start, span.end))
         return spans
 
-    def _relations(self, chunk: Chunk, doc: Any, token_entity: dict[int, tuple[Any, Entity]]) -> list[Relation]:
-        relations: list[Relation] = []
+    def _relations(self, doc: Any, token_entity: dict[int, tuple[Any, Entity]]) -> list[tuple[str, str, str, int, int]]:
+        """(subject id, predicate, object id, start, end) of each subject-verb-object link, offsets in ``doc``."""
+        relations: list[tuple[str, str, str, int, int]] = []
         for token in doc:
             if token.pos_ not in ("VERB", "AUX"):
                 continue
@@ -126,12 +149,28 @@ class SpacyExtractor:
                 for predicate, (object_span, obj) in objects:
                     if subject.entity_id == obj.entity_id:
                         continue
-                    start = chunk.start + min(subject_span.start_char, object_span.start_char, token.idx)
-                    end = chunk.start + max(subject_span.end_char, object_span.end_char)
-                    relations.append(
-                        Relation(subject.entity_id, predicate, obj.entity_id, chunk.chunk_id, start, end, EXTRACTOR_NAME)
-                    )
+                    start = min(subject_span.start_char, object_span.start_char, token.idx)
+                    end = max(subject_span.end_char, object_span.end_char)
+                    relations.append((subject.entity_id, predicate, obj.entity_id, start, end))
         return relations
+
+
+def _containing(chunks: list[Chunk], start: int, end: int) -> list[Chunk]:
+    """The chunks that contain [start, end), or else the chunk where it starts (a span across a chunk border)."""
+    inside = [chunk for chunk in chunks if chunk.start <= start and end <= chunk.end]
+    if inside:
+        return inside
+    starting = [chunk for chunk in chunks if chunk.start <= start < chunk.end]
+    return starting[:1] or chunks[-1:]
+
+
+def _merge(extractions: list[Extraction]) -> Extraction:
+    merged = Extraction()
+    for extraction in extractions:
+        merged.entities.extend(extraction.entities)
+        merged.mentions.extend(extraction.mentions)
+        merged.relations.extend(extraction.relations)
+    return merged
 
 
 def _entity_of(token: Any, token_entity: dict[int, tuple[Any, Entity]]) -> tuple[Any, Entity] | None:

@@ -669,6 +669,10 @@ class Neo4jGraphStore:
         if not chunk_ids:
             raise EmptyKnowledgeBaseError(f"Collection {collection!r} has no chunks with vectors in {store.path}")
         dimensions = int(matrix.shape[1])
+        zero_vectors = int(np.count_nonzero(~np.any(matrix, axis=1)))
+        if zero_vectors:
+            logger.warning("%d chunks of collection %s have all-zero vectors; cosine similarity is undefined "
+                           "for them, so the vector index leaves them out", zero_vectors, collection)
         index_name, label = vector_index_names(collection)
         self.ensure_schema()
         self._drop_vector_index_of_other_config(index_name, dimensions, quantization)

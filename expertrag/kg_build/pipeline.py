@@ -18,7 +18,7 @@ from expertrag.kg_build.chunking import Chunker
 from expertrag.kg_build.extraction import SpacyExtractor
 from expertrag.kg_build.loaders import CorpusLoader
 from expertrag.kg_build.store import IngestedDocument, RecordStore, searchable_text
-from expertrag.records import Document, Extraction
+from expertrag.records import Document
 from expertrag.retrievers.encoder import Encoder
 
 logger = logging.getLogger(__name__)
@@ -123,13 +123,11 @@ class IngestionPipeline:
         flat = [chunk for chunks in chunk_lists for chunk in chunks]
         titles = {document.doc_id: document.title for document in documents}
         vectors = self.encoder.encode([searchable_text(titles[c.doc_id], c.start, c.text) for c in flat])
-        extractions = self.extractor.extract(flat)
+        extractions = self.extractor.extract_documents([document.text for document in documents], chunk_lists)
 
         items: list[IngestedDocument] = []
         offset = 0
-        for document, chunks in zip(documents, chunk_lists):
-            merged = extractions[offset : offset + len(chunks)]
-            extraction = merged[0] if len(merged) == 1 else _merge(merged)
+        for document, chunks, extraction in zip(documents, chunk_lists, extractions):
             items.append(IngestedDocument(document, chunks, vectors[offset : offset + len(chunks)], extraction))
             offset += len(chunks)
         return items
@@ -152,12 +150,3 @@ def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document
             batch = []
     if batch:
         yield batch
-
-
-def _merge(extractions: list[Extraction]) -> Extraction:
-    merged = Extraction()
-    for extraction in extractions:
-        merged.entities.extend(extraction.entities)
-        merged.mentions.extend(extraction.mentions)
-        merged.relations.extend(extraction.relations)
-    return merged
