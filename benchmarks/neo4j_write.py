@@ -132,7 +132,7 @@ def open_record_store(kb: Path) -> RecordStore:
     """Open the record store of a knowledge base folder, or a records.sqlite file given directly."""
     path = kb / "records.sqlite" if kb.is_dir() else kb
     if not path.is_file():
-        raise SystemExit(f"error: no record store at {path}; pass a knowledge base folder or its records.sqlite")
+        raise SystemExit(f"error: no record store found at {path}. Pass a knowledge base folder or its records.sqlite.")
     return RecordStore(path)
 
 
@@ -140,7 +140,7 @@ def open_record_store(kb: Path) -> RecordStore:
 
 
 def clear_database(graph: Neo4jGraphStore) -> None:
-    """Delete every node and relationship; constraints and indexes stay."""
+    """Delete every node and relationship. Constraints and indexes stay."""
     with graph._driver.session(database=graph.database) as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
 
@@ -185,7 +185,7 @@ def measure_writers(graph: Neo4jGraphStore, store: RecordStore) -> dict[str, Any
 
     batched_rate = triples / batched_seconds
     naive_rate = triples / naive_seconds
-    logger.info("Batched: %.0f triples/s; naive: %.0f triples/s; ratio %.1f", batched_rate, naive_rate,
+    logger.info("Batched: %.0f triples/s, naive: %.0f triples/s, ratio %.1f", batched_rate, naive_rate,
                 batched_rate / naive_rate)
     return {
         "graph": {key: expected[key] for key in ("documents", "chunks", "entities", "mentions", "relations",
@@ -212,7 +212,7 @@ def measure_recall(graph: Neo4jGraphStore, store: RecordStore, collection: str, 
     """Return recall@k of the Neo4j vector index against exact cosine search, quantization off and on."""
     chunk_ids, matrix = store.chunk_vectors(collection)
     if len(chunk_ids) <= k:
-        raise SystemExit(f"error: collection {collection!r} has {len(chunk_ids)} chunks; recall@{k} needs more")
+        raise SystemExit(f"error: collection {collection!r} has {len(chunk_ids)} chunks, but recall@{k} needs more than {k}")
     normalized = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     rng = np.random.default_rng(seed + 1)
     # Queries are perturbed copies of stored vectors, as a question is close to its passage.

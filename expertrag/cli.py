@@ -19,6 +19,9 @@ app.add_typer(eval_app, name="eval")
 KB_OPTION = typer.Option(Path("kb"), "--kb", help="Knowledge base folder.", envvar="EXPERTRAG_KB")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level to stderr.")
+NEO4J_URI_OPTION = typer.Option(None, "--neo4j-uri", help="Neo4j Bolt URI (default: EXPERTRAG_NEO4J_URI or bolt://127.0.0.1:7687).")
+NEO4J_USER_OPTION = typer.Option(None, "--neo4j-user", help="Neo4j user (default: EXPERTRAG_NEO4J_USER; none for a server without auth).")
+NEO4J_PASSWORD_OPTION = typer.Option(None, "--neo4j-password", envvar="EXPERTRAG_NEO4J_PASSWORD", help="Neo4j password.")
 RETRIEVER_OPTION = typer.Option("hybrid", "--retriever", help="dense, bm25, hybrid (dense + BM25 fusion) or graph.")
 
 
@@ -45,6 +48,10 @@ def ingest(
     id_field: str = typer.Option("_id", help="JSON field with the document id."),
     title_field: str = typer.Option("title", help="JSON field with the title ('' for none)."),
     text_field: str = typer.Option("text", help="JSON field with the text."),
+    graph_store: str = typer.Option("rdflib", "--graph-store", help="rdflib (embedded file only) or neo4j (also sync a Neo4j server)."),
+    neo4j_uri: Optional[str] = NEO4J_URI_OPTION,
+    neo4j_user: Optional[str] = NEO4J_USER_OPTION,
+    neo4j_password: Optional[str] = NEO4J_PASSWORD_OPTION,
     as_json: bool = JSON_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
@@ -56,15 +63,22 @@ def ingest(
     configure_logging(verbose)
     if on_error not in ("raise", "skip"):
         _fail(ValueError(f"Invalid --on-error {on_error!r}: use raise or skip"))
+    if graph_store not in ("rdflib", "neo4j"):
+        _fail(ValueError(f"Invalid --graph-store {graph_store!r}: use rdflib or neo4j"))
     try:
         with KnowledgeBase.open(kb, create=True) as knowledge_base:
+            # Connect first: an unreachable Neo4j fails the command before anything is written.
+            extra = [knowledge_base.connect_neo4j(neo4j_uri, neo4j_user, neo4j_password)] if graph_store == "neo4j" else []
             with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           disable=as_json or not sys.stderr.isatty(), console=None, transient=True) as bar:
                 task = bar.add_task("documents", total=None)
                 report = knowledge_base.ingest(
                     corpus, collection, corpus_format, on_error, id_field, title_field or None, text_field,  # type: ignore[arg-type]
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    graph_stores=extra,
                 )
+            for store in extra:
+                store.close()
     except ExpertRAGError as error:
         _fail(error)
     result = {**report.__dict__, "documents_per_second": round(report.documents_per_second, 2), "kb": str(kb)}
@@ -156,13 +170,20 @@ def delete(
     doc_id: str = typer.Argument(..., help="Id of the document to delete."),
     kb: Path = KB_OPTION,
     collection: str = typer.Option("default", "--collection", "-c"),
+    graph_store: str = typer.Option("rdflib", "--graph-store", help="rdflib, or neo4j to also sync a Neo4j server."),
+    neo4j_uri: Optional[str] = NEO4J_URI_OPTION,
+    neo4j_user: Optional[str] = NEO4J_USER_OPTION,
+    neo4j_password: Optional[str] = NEO4J_PASSWORD_OPTION,
 ) -> None:
     """Delete a document with its chunks, vectors, mentions and the relations only it supported."""
     from expertrag.knowledge_base import KnowledgeBase
 
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
-            deleted = knowledge_base.delete_document(collection, doc_id)
+            extra = [knowledge_base.connect_neo4j(neo4j_uri, neo4j_user, neo4j_password)] if graph_store == "neo4j" else []
+            deleted = knowledge_base.delete_document(collection, doc_id, graph_stores=extra)
+            for store in extra:
+                store.close()
     except ExpertRAGError as error:
         _fail(error)
     if not deleted:
@@ -172,15 +193,30 @@ def delete(
 
 @app.command()
 def export(
+    target_uri: Optional[str] = typer.Argument(None, metavar="[URI]", help="With --to neo4j: the server's Bolt URI."),
     kb: Path = KB_OPTION,
-    export_format: str = typer.Option("turtle", "--format", help="turtle, nt or jsonld."),
-    out: Path = typer.Option(..., "--out", "-o", help="File to write."),
+    export_format: str = typer.Option("turtle", "--format", help="turtle, nt or jsonld (file export)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (file export)."),
+    to: str = typer.Option("file", "--to", help="file: write RDF to --out; neo4j: sync the graph into the Neo4j server at URI."),
+    neo4j_user: Optional[str] = NEO4J_USER_OPTION,
+    neo4j_password: Optional[str] = NEO4J_PASSWORD_OPTION,
 ) -> None:
-    """Export the knowledge graph as RDF."""
+    """Export the knowledge graph as an RDF file, or into a Neo4j server (running it twice changes nothing)."""
     from expertrag.knowledge_base import KnowledgeBase
 
+    if to not in ("file", "neo4j"):
+        _fail(ValueError(f"Invalid --to {to!r}: use file or neo4j"))
+    if to == "file" and out is None:
+        _fail(ValueError("Missing --out FILE for a file export"))
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
+            if to == "neo4j":
+                with knowledge_base.connect_neo4j(target_uri, neo4j_user, neo4j_password) as graph_store:
+                    report = knowledge_base.sync_graph_store(graph_store)
+                    counts = graph_store.counts()
+                typer.echo(f"Synced {kb} into Neo4j: {report.added} added, {report.removed} removed in "
+                           f"{report.seconds:.1f} s; {counts['entities']} entities, {counts['relations']} relations")
+                return
             triples = knowledge_base.export(out, export_format)  # type: ignore[arg-type]
     except ExpertRAGError as error:
         _fail(error)

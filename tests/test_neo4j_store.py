@@ -38,7 +38,7 @@ class DocumentSpec:
 
 
 def entity_id(name: str) -> str:
-    """Return the id the tests give the entity called ``name``; ids carry the raw name on purpose."""
+    """Return the id the tests give the entity called ``name``. Ids contain the raw name to test quoting."""
     return f"ent:{name}"
 
 

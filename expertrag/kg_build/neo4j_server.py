@@ -3,7 +3,7 @@
 ``scripts/neo4j_setup.sh`` copies the jars of the version pinned in ``neo4j/pom.xml``
 into ``.neo4j/lib``. ``Neo4jServer`` writes a throwaway home with its own
 ``conf/neo4j.conf``, starts ``org.neo4j.server.CommunityEntryPoint`` on a free
-loopback port and waits until the database answers ``RETURN 1``.
+loopback port and waits until a ``RETURN 1`` query succeeds.
 
 Run one by hand with ``python -m expertrag.kg_build.neo4j_server``; it prints the
 Bolt URI and serves until Ctrl-C.
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from expertrag.errors import GraphStoreError
 
@@ -35,8 +36,6 @@ INITIAL_USER = "neo4j"
 INITIAL_PASSWORD = "neo4j"
 # Neo4j's dbms.security.auth_minimum_password_length defaults to 8.
 MIN_PASSWORD_LENGTH = 8
-# The meaning of the entry point's exit codes (Neo4j 5 server startup).
-EXIT_CODES = {1: "startup error", 2: "database error", 3: "invalid configuration"}
 JVM_FLAGS = [
     "-XX:+UseG1GC",
     "-XX:+ExitOnOutOfMemoryError",
@@ -53,7 +52,7 @@ class Neo4jSetupError(GraphStoreError):
 
 
 def repository_root() -> Path:
-    """Return the source checkout this module lives in (the folder that holds ``expertrag/``)."""
+    """Return the source checkout of this module (the folder that contains ``expertrag/``)."""
     return Path(__file__).resolve().parents[2]
 
 
@@ -108,7 +107,7 @@ def java_major_version(java: str) -> int | None:
 
 
 def check_jars(lib_dir: Path) -> None:
-    """Raise ``Neo4jSetupError`` unless ``lib_dir`` holds the Neo4j server jar."""
+    """Raise ``Neo4jSetupError`` unless ``lib_dir`` contains the Neo4j server jar."""
     if not any(lib_dir.glob("neo4j-5.*.jar")):
         raise Neo4jSetupError(
             f"No Neo4j jars found in {lib_dir}. Run scripts/neo4j_setup.sh (needs Maven) "
@@ -197,7 +196,7 @@ class Neo4jServer:
             page_cache: ``server.memory.pagecache.size``, for example ``"128m"``.
             password: Password of the ``neo4j`` user; None turns auth off.
             java: Java launcher; ``$JAVA_HOME/bin/java`` or ``java`` on PATH when None.
-            startup_timeout: Seconds to wait for the first answer to ``RETURN 1``.
+            startup_timeout: Seconds to wait until a ``RETURN 1`` query succeeds.
             stop_timeout: Seconds to wait after SIGTERM before the process is killed.
         """
         if password is not None and len(password) < MIN_PASSWORD_LENGTH:
@@ -214,7 +213,7 @@ class Neo4jServer:
         self.stop_timeout = stop_timeout
         self.start_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._console: object | None = None
+        self._console: IO[bytes] | None = None
 
     @property
     def uri(self) -> str:
@@ -238,11 +237,11 @@ class Neo4jServer:
         return self.home / "logs" / "console.log"
 
     def start(self) -> "Neo4jServer":
-        """Start the server and block until it answers ``RETURN 1``; set ``start_seconds``.
+        """Start the server, block until a ``RETURN 1`` query succeeds and set ``start_seconds``.
 
         Raises:
             Neo4jSetupError: Java 17+ or the jars are missing.
-            GraphStoreError: The server exited early or did not answer within ``startup_timeout``.
+            GraphStoreError: The server exited early or was not ready within ``startup_timeout``.
         """
         if self.running:
             return self
@@ -261,6 +260,9 @@ class Neo4jServer:
         ]
         logger.info("Starting Neo4j on %s with home %s", self.uri, self.home)
         started = time.perf_counter()
+        if self._console is not None:
+            # The console log of a process that exited without stop().
+            self._console.close()
         console = self.console_log.open("ab")
         self._console = console
         self._process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -271,7 +273,7 @@ class Neo4jServer:
             self.stop()
             raise
         self.start_seconds = time.perf_counter() - started
-        logger.info("Neo4j answered on %s after %.1f s", self.uri, self.start_seconds)
+        logger.info("Neo4j is ready on %s after %.1f s", self.uri, self.start_seconds)
         return self
 
     def _write_config(self) -> None:
@@ -282,8 +284,8 @@ class Neo4jServer:
         (self.home / "conf" / "neo4j.conf").write_text(config, encoding="utf-8")
 
     def _wait_until_ready(self) -> None:
-        """Poll the Bolt port with the driver until ``RETURN 1`` answers, the process exits or time runs out."""
-        from neo4j.exceptions import AuthError, DriverError, Neo4jError
+        """Poll the Bolt port with the driver until ``RETURN 1`` succeeds, the process exits or time runs out."""
+        from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError
 
         deadline = time.monotonic() + self.startup_timeout
         last_error: Exception | None = None
@@ -291,22 +293,27 @@ class Neo4jServer:
             assert self._process is not None
             code = self._process.poll()
             if code is not None:
-                raise GraphStoreError(self._failure_message(f"exited with code {code} ({EXIT_CODES.get(code, 'unknown')})"))
+                raise GraphStoreError(self._failure_message(f"exited with code {code} during startup"))
             try:
                 self._probe()
                 return
             except AuthError as error:
                 # A wrong password does not get better by waiting.
                 raise GraphStoreError(self._failure_message(f"rejected the configured credentials: {error}")) from None
+            except ClientError as error:
+                # A rejected query fails the same way on every try, except while the database is still created.
+                if error.code != "Neo.ClientError.Database.DatabaseNotFound":
+                    raise GraphStoreError(self._failure_message(f"rejected a startup query: {error}")) from None
+                last_error = error
             except (DriverError, Neo4jError, OSError) as error:
                 last_error = error
             time.sleep(0.5)
         raise GraphStoreError(self._failure_message(
-            f"did not answer RETURN 1 within {self.startup_timeout:.0f} s (last error: {last_error})"
+            f"timed out: RETURN 1 did not succeed within {self.startup_timeout:.0f} s (last error: {last_error})"
         ))
 
     def _probe(self) -> None:
-        """Run ``RETURN 1``; on the first start of an auth-enabled home, first replace the initial password."""
+        """Run ``RETURN 1``, replacing the initial password first when an auth-enabled home starts for the first time."""
         from neo4j.exceptions import AuthError
 
         if self.password is not None:
@@ -357,20 +364,20 @@ class Neo4jServer:
                 try:
                     process.wait(timeout=self.stop_timeout)
                 except subprocess.TimeoutExpired:
-                    logger.warning("Neo4j on %s did not stop within %.0f s after SIGTERM; killing it",
+                    logger.warning("Neo4j on %s did not stop within %.0f s after SIGTERM. Killing it.",
                                    self.uri, self.stop_timeout)
                     process.kill()
                     process.wait()
             logger.info("Stopped Neo4j on %s (exit code %s)", self.uri, process.returncode)
         if self._console is not None:
-            self._console.close()  # type: ignore[attr-defined]
+            self._console.close()
             self._console = None
         if self._given_home is None and self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
             self.home = None
 
     def kill(self) -> None:
-        """Kill the server process at once (SIGKILL), as a crash would; the home folder stays."""
+        """Kill the server process at once (SIGKILL), as a crash would. The home folder stays."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()

@@ -149,8 +149,8 @@ UNWIND $relation_ids AS key
 MATCH (s:Entity)-[r:RELATED {{relation_id: key}}]->(o:Entity)
 RETURN {FACT_FIELDS}
 """
-# The path length bound is spliced in because Cypher takes no parameter there; it is
-# always an int checked by ``shortest_path``.
+# The path length bound is spliced in because Cypher takes no parameter there. It is
+# always an int that ``shortest_path`` has checked.
 SHORTEST_PATHS = """
 MATCH (a:Entity {{entity_id: $source_id}}), (b:Entity {{entity_id: $target_id}})
 MATCH p = allShortestPaths((a)-[:RELATED*1..{max_hops}]-(b))
@@ -343,12 +343,12 @@ class Neo4jGraphStore:
         max_retry_seconds: float = 30.0,
         connection_timeout: float = 10.0,
     ) -> None:
-        """Connect to Neo4j and check that ``database`` answers.
+        """Connect to Neo4j and check that ``database`` runs a query.
 
         Args:
             uri: Bolt URI such as ``bolt://127.0.0.1:7687`` (or ``neo4j://`` for a cluster).
-            user: User name; None connects without auth.
-            password: Password of ``user``; it never appears in errors or logs.
+            user: User name, or None to connect without auth.
+            password: Password of ``user``. Errors and logs never show it.
             database: Database that holds the graph.
             batch_size: Rows per write transaction.
             max_retry_seconds: How long a managed transaction keeps retrying transient errors.
@@ -384,8 +384,8 @@ class Neo4jGraphStore:
                 "Pass them as user= and password= instead."
             )
         auth = (user, password or "") if user else None
-        # An empty database warns that every property key the reads ask for does not exist
-        # yet; those UNRECOGNIZED notifications would flood the log on a first sync.
+        # On an empty database every read warns that its property keys do not exist yet.
+        # Those UNRECOGNIZED notifications would flood the log on a first sync.
         if hasattr(neo4j, "NotificationDisabledClassification"):
             quiet = {"notifications_disabled_classifications": ["UNRECOGNIZED"]}
         else:
@@ -454,7 +454,11 @@ class Neo4jGraphStore:
                 return session.execute_read(_collect, query, parameters)
 
     def _write(self, session: Any, query: str, parameters: dict[str, Any], action: str) -> list[dict[str, Any]]:
-        """Run one write transaction; retry a commit whose outcome is unknown, which the driver does not."""
+        """Run one write transaction, and run it again when the outcome of its commit is unknown.
+
+        The driver retries failed transactions but raises ``IncompleteCommit`` when the
+        connection drops during COMMIT, because it cannot know whether the commit happened.
+        """
         from neo4j.exceptions import IncompleteCommit
 
         attempts = 3
@@ -466,7 +470,7 @@ class Neo4jGraphStore:
                     # The writes are MERGE or DELETE by id, so running the batch again is safe.
                     if attempt == attempts:
                         raise
-                    logger.warning("Commit outcome unknown while %s on %s (attempt %d of %d); running the batch again",
+                    logger.warning("Commit outcome unknown while %s on %s (attempt %d of %d). Running the batch again.",
                                    action, self._display_uri, attempt, attempts)
         raise AssertionError("unreachable")
 
@@ -506,6 +510,9 @@ class Neo4jGraphStore:
         that were created or changed; ``removed`` counts those deleted or changed. A second
         run reports 0 and 0. Chunk vectors are not part of the sync: new chunks get theirs
         from ``write_chunk_vectors``.
+
+        NOTE: both graphs are read into memory for the comparison (chunk text only from the
+        record store), so memory grows with the size of the graph.
 
         Raises:
             GraphStoreError: The server failed or stayed unreachable longer than the retry time.
@@ -565,29 +572,29 @@ class Neo4jGraphStore:
             (desired.entities, current.entities, ("name", "label")),
             (desired.mentions, current.mentions, MENTION_COMPARED),
         ]
-        for wanted, existing, compared in node_kinds:
-            changed = len(changed_rows(wanted, existing, compared))
-            new = len(wanted.keys() - existing.keys())
+        for desired_rows, existing_rows, compared in node_kinds:
+            changed = len(changed_rows(desired_rows, existing_rows, compared))
+            new = len(desired_rows.keys() - existing_rows.keys())
             added += changed
-            removed += len(existing.keys() - wanted.keys()) + (changed - new)
+            removed += len(existing_rows.keys() - desired_rows.keys()) + (changed - new)
 
         for relation_id in desired.relations.keys() | current.relations.keys():
-            wanted_relation = desired.relations.get(relation_id)
+            desired_relation = desired.relations.get(relation_id)
             existing_relation = current.relations.get(relation_id)
-            wanted_links = evidence_links(wanted_relation) if wanted_relation else {}
+            desired_links = evidence_links(desired_relation) if desired_relation else {}
             existing_links = evidence_links(existing_relation) if existing_relation else {}
             if existing_relation is None:
                 added += 1
-            elif wanted_relation is None:
+            elif desired_relation is None:
                 removed += 1
-            elif any(existing_relation.get(column) != wanted_relation[column]
+            elif any(existing_relation.get(column) != desired_relation[column]
                      for column in ("subject_id", "predicate", "object_id")):
                 added += 1
                 removed += 1
-            changed_links = {key for key in wanted_links.keys() & existing_links.keys()
-                             if wanted_links[key] != existing_links[key]}
-            added += len(wanted_links.keys() - existing_links.keys()) + len(changed_links)
-            removed += len(existing_links.keys() - wanted_links.keys()) + len(changed_links)
+            changed_links = {key for key in desired_links.keys() & existing_links.keys()
+                             if desired_links[key] != existing_links[key]}
+            added += len(desired_links.keys() - existing_links.keys()) + len(changed_links)
+            removed += len(existing_links.keys() - desired_links.keys()) + len(changed_links)
         return added, removed
 
     def write_naive(self, store: RecordStore) -> int:
@@ -629,8 +636,8 @@ class Neo4jGraphStore:
     def shortest_path(self, source_id: str, target_id: str, max_hops: int = 4) -> list[Fact]:
         """Return the facts along one shortest undirected relation path, or [] when none is within ``max_hops``.
 
-        Among paths of equal length the one whose relation ids, read from source to target,
-        sort first wins; a breadth-first search that visits relations in id order finds the same path.
+        Among paths of equal length, the one whose relation ids sort first (read from source
+        to target) wins. A breadth-first search that visits relations in id order finds the same path.
         """
         if isinstance(max_hops, bool) or not isinstance(max_hops, int) or max_hops < 0:
             raise ValueError(f"max_hops must be a non-negative int, not {max_hops!r}")
@@ -654,7 +661,7 @@ class Neo4jGraphStore:
         quantization setting is dropped and built again. Returns the number of vectors written.
 
         Args:
-            store: Record store that holds the vectors.
+            store: Record store that contains the vectors.
             collection: Collection whose chunk vectors are written.
             quantization: Build the index with Neo4j's vector quantization, which Neo4j 5.26
                 turns on by default. It makes the index smaller, but scores and ranks become
@@ -671,8 +678,8 @@ class Neo4jGraphStore:
         dimensions = int(matrix.shape[1])
         zero_vectors = int(np.count_nonzero(~np.any(matrix, axis=1)))
         if zero_vectors:
-            logger.warning("%d chunks of collection %s have all-zero vectors; cosine similarity is undefined "
-                           "for them, so the vector index leaves them out", zero_vectors, collection)
+            logger.warning("%d chunks of collection %s have all-zero vectors. The vector index leaves them out "
+                           "because cosine similarity is undefined for them.", zero_vectors, collection)
         index_name, label = vector_index_names(collection)
         self.ensure_schema()
         self._drop_vector_index_of_other_config(index_name, dimensions, quantization)
@@ -765,7 +772,7 @@ class Neo4jGraphStore:
                 f"Neo4j at {self._display_uri} has no chunk vector index. Run write_chunk_vectors first."
             )
         names = ", ".join(repr(index.collection) for index in indexes)
-        raise GraphStoreError(f"Several collections have vector indexes ({names}); pass collection=")
+        raise GraphStoreError(f"Several collections have vector indexes ({names}). Pass collection= with one of them.")
 
     # Lifetime
 

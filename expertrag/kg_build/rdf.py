@@ -199,7 +199,8 @@ class RdfGraphStore:
         for node in fact_nodes:
             subject = graph.value(node, rdflib.RDF.subject)
             obj = graph.value(node, rdflib.RDF.object)
-            evidence = sorted(graph.subjects(v.supports, node), key=str)
+            evidence = sorted(graph.subjects(v.supports, node),
+                              key=lambda e: (str(graph.value(e, v.chunk)), int(graph.value(e, v.start))))
             chunk = graph.value(evidence[0], v.chunk) if evidence else None
             facts.append(Fact(
                 relation_id=str(node)[len(FACT):],

@@ -384,8 +384,11 @@ class RecordStore:
             "e.chunk_id, e.start, e.\"end\" FROM relations r "
             "JOIN entities s ON s.entity_id = r.subject_id JOIN entities o ON o.entity_id = r.object_id "
             "JOIN relation_evidence e ON e.relation_id = r.relation_id "
-            f"WHERE r.subject_id IN ({marks}) OR r.object_id IN ({marks}) "
-            "GROUP BY r.relation_id ORDER BY r.relation_id LIMIT ?",
+            f"WHERE (r.subject_id IN ({marks}) OR r.object_id IN ({marks})) "
+            # The first evidence by (chunk id, start) stands for the fact, as in every graph store.
+            "AND NOT EXISTS (SELECT 1 FROM relation_evidence f WHERE f.relation_id = e.relation_id "
+            "AND (f.chunk_id < e.chunk_id OR (f.chunk_id = e.chunk_id AND f.start < e.start))) "
+            "ORDER BY r.relation_id LIMIT ?",
             [*entity_ids, *entity_ids, limit],
         )
         return [Fact(*row) for row in rows]

@@ -1,0 +1,242 @@
+"""Training data of an expert: queries, their relevant documents, and the collection's base vectors.
+
+Data comes from a BEIR folder's training qrels, or from pseudo-queries cut from the
+collection's own documents (a title or a first sentence, each paired with its document)
+when a collection has no training queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from expertrag.errors import InputError
+from expertrag.eval.embedding_cache import encode_cached
+from expertrag.eval.metrics import evaluate_run
+from expertrag.kg_build.loaders import BeirLoader, load_qrels, load_queries
+from expertrag.records import Document
+from expertrag.retrievers.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+PseudoQueryMethod = Literal["title", "first-sentence", "auto"]
+PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto")
+RANK_DEPTH = 100
+"""Documents ranked per query when scoring validation and pilot queries (enough for nDCG@10)."""
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def document_text(document: Document) -> str:
+    """Return ``title + " " + body``, the text :class:`~expertrag.eval.beir.BeirEvaluator` encodes.
+
+    Using the same text lets training and evaluation share cached document vectors.
+    """
+    if not document.title:
+        return document.text
+    return f"{document.title} {document.text[len(document.title):].strip()}".strip()
+
+
+@dataclass
+class TrainingData:
+    """Queries with relevant documents, over the base vectors of the units they search.
+
+    A unit is what the index holds: a whole document for BEIR data, a chunk in a knowledge
+    base. ``unit_documents[i]`` is the document of unit ``i``; a document is scored by its
+    best unit, and qrels name documents.
+    """
+
+    name: str
+    unit_ids: list[str]
+    unit_documents: list[str]
+    unit_vectors: np.ndarray = field(repr=False)
+    queries: dict[str, str] = field(repr=False)
+    qrels: dict[str, dict[str, int]] = field(repr=False)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.unit_ids) != len(self.unit_vectors) or len(self.unit_ids) != len(self.unit_documents):
+            raise ValueError(f"{len(self.unit_ids)} unit ids, {len(self.unit_documents)} unit documents "
+                             f"and {len(self.unit_vectors)} vectors must match")
+        self._rows_of_document: dict[str, list[int]] | None = None
+
+    @property
+    def rows_of_document(self) -> dict[str, list[int]]:
+        """Map each document id to the rows of its units."""
+        if self._rows_of_document is None:
+            rows: dict[str, list[int]] = {}
+            for row, doc_id in enumerate(self.unit_documents):
+                rows.setdefault(doc_id, []).append(row)
+            self._rows_of_document = rows
+        return self._rows_of_document
+
+    def content_hash(self) -> str:
+        """Return a sha256 of the unit ids, queries and qrels (not the vectors, which the encoder fixes)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(sorted(zip(self.unit_ids, self.unit_documents))).encode())
+        for query_id in sorted(self.qrels):
+            record = [query_id, self.queries[query_id], sorted(self.qrels[query_id].items())]
+            digest.update(json.dumps(record).encode())
+        return digest.hexdigest()
+
+    def subset(self, query_ids: list[str]) -> "TrainingData":
+        """Return the same units with only ``query_ids``."""
+        return TrainingData(self.name, self.unit_ids, self.unit_documents, self.unit_vectors,
+                            {q: self.queries[q] for q in query_ids}, {q: self.qrels[q] for q in query_ids},
+                            self.source)
+
+    def split(self, validation_fraction: float, seed: int, min_validation: int = 1) -> tuple["TrainingData", "TrainingData"]:
+        """Split the queries into (training, validation) with a seeded shuffle of the sorted query ids."""
+        query_ids = sorted(self.qrels)
+        if len(query_ids) < 2:
+            raise InputError(f"{self.name}: {len(query_ids)} training queries; at least 2 are needed to keep a validation slice")
+        order = np.random.default_rng(seed).permutation(len(query_ids))
+        count = min(len(query_ids) // 2, max(min_validation, int(round(validation_fraction * len(query_ids)))))
+        validation = sorted(query_ids[i] for i in order[:count])
+        training = sorted(query_ids[i] for i in order[count:])
+        return self.subset(training), self.subset(validation)
+
+    def rank(self, query_vectors: np.ndarray, query_ids: list[str], depth: int = RANK_DEPTH) -> dict[str, dict[str, float]]:
+        """Rank documents for each query row by its best unit; return a run for :func:`evaluate_run`."""
+        scores = query_vectors @ self.unit_vectors.T
+        depth = min(depth * 4 if len(self.rows_of_document) < len(self.unit_ids) else depth, len(self.unit_ids))
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < scores.shape[1] else np.tile(
+            np.arange(scores.shape[1]), (len(scores), 1))
+        run: dict[str, dict[str, float]] = {}
+        for row, query_id in enumerate(query_ids):
+            candidates = top[row][np.argsort(-scores[row, top[row]])]
+            best: dict[str, float] = {}
+            for unit in candidates:
+                doc_id = self.unit_documents[unit]
+                if doc_id not in best:
+                    best[doc_id] = float(scores[row, unit])
+            run[query_id] = best
+        return run
+
+    def ndcg_per_query(self, query_vectors: np.ndarray, query_ids: list[str]) -> dict[str, float]:
+        """Return nDCG@10 of each query, given its vectors in ``query_ids`` order."""
+        run = self.rank(query_vectors, query_ids)
+        _, per_query = evaluate_run({q: self.qrels[q] for q in query_ids}, run)
+        return {q: values["ndcg@10"] for q, values in per_query.items()}
+
+
+def load_beir_training_data(
+    folder: str | Path, split: str, encoder: Encoder, cache_dir: Path | None = None, name: str | None = None
+) -> TrainingData:
+    """Read a BEIR folder's corpus and ``qrels/<split>.tsv`` and encode the corpus with the base encoder.
+
+    Raises:
+        InputError: the corpus holds no documents, or the qrels name queries or documents that
+            are not in ``queries.jsonl`` or ``corpus.jsonl``; the message names the file and ids.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"Dataset folder not found: {folder}")
+    documents = _read_documents(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    qrels = load_qrels(folder, split)
+    if not qrels:
+        raise InputError(f"{qrels_path} has no relevance judgements above 0: nothing to train on")
+    queries = load_queries(folder)
+    missing_queries = sorted(q for q in qrels if q not in queries)
+    if missing_queries:
+        raise InputError(f"{qrels_path} names {len(missing_queries)} queries that are not in "
+                         f"{folder / 'queries.jsonl'}: {', '.join(missing_queries[:10])}")
+    known = {document.doc_id for document in documents}
+    unknown = sorted({doc for judged in qrels.values() for doc in judged if doc not in known})
+    if unknown:
+        raise InputError(f"{qrels_path} names {len(unknown)} documents that are not in {folder / 'corpus.jsonl'} "
+                         f"(or have no text): {', '.join(unknown[:10])}")
+
+    vectors = encode_cached(encoder, [document_text(d) for d in documents], cache_dir)
+    ids = [document.doc_id for document in documents]
+    logger.info("Loaded %d training queries and %d documents from %s", len(qrels), len(ids), qrels_path)
+    return TrainingData(name or folder.name, ids, ids, vectors, {q: queries[q] for q in qrels}, qrels,
+                        {"kind": "qrels", "path": str(folder), "split": split})
+
+
+def load_beir_documents(folder: str | Path) -> list[Document]:
+    """Read the documents of a BEIR folder; records without text are skipped and counted in the log.
+
+    Raises:
+        InputError: ``corpus.jsonl`` is missing or holds no usable document.
+    """
+    return _read_documents(Path(folder))
+
+
+def _read_documents(folder: Path) -> list[Document]:
+    loader = BeirLoader(path=folder, on_error="skip")
+    documents = list(loader)
+    if loader.skipped:
+        logger.info("Skipped %d unusable records of %s", len(loader.skipped), loader.path)
+    if not documents:
+        raise InputError(f"No documents in {loader.path}: the collection must hold at least one document with text")
+    return documents
+
+
+def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
+    """Return the pseudo-query of one document, or None when the method finds nothing usable.
+
+    ``title`` uses the title when the document has a body beside it; ``first-sentence`` uses
+    the body's first sentence (its first 16 words when that sentence is over 32 words or the
+    text has no sentence punctuation); ``auto`` tries the title, then the first sentence.
+    """
+    if method not in PSEUDO_QUERY_METHODS:
+        raise InputError(f"Unknown pseudo-query method {method!r}: use {', '.join(PSEUDO_QUERY_METHODS)}")
+    title = document.title.strip()
+    body = document.text[len(title):].strip() if title and document.text.startswith(title) else document.text.strip()
+    if method in ("title", "auto") and title and body and len(title.split()) >= 3:
+        return title
+    if method == "title":
+        return None
+    words = _SENTENCE_END.split(body, maxsplit=1)[0].split()
+    if len(words) > 32:
+        words = words[:16]
+    if len(words) < 4:
+        return None
+    return " ".join(words)
+
+
+def pseudo_query_training_data(
+    name: str,
+    documents: list[Document],
+    encoder: Encoder,
+    method: PseudoQueryMethod = "auto",
+    max_queries: int = 1000,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    source: dict[str, Any] | None = None,
+) -> TrainingData:
+    """Pair one pseudo-query per sampled document with that document, over all documents' vectors.
+
+    Raises:
+        InputError: no document, or no document yields a pseudo-query with ``method``.
+    """
+    if not documents:
+        raise InputError(f"{name}: no documents to make pseudo-queries from")
+    vectors = encode_cached(encoder, [document_text(d) for d in documents], cache_dir)
+    order = np.random.default_rng(seed).permutation(len(documents))
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for index in order:
+        text = pseudo_query(documents[index], method)
+        if text is None:
+            continue
+        query_id = f"pseudo:{documents[index].doc_id}"
+        queries[query_id] = text
+        qrels[query_id] = {documents[index].doc_id: 1}
+        if len(queries) >= max_queries:
+            break
+    if not queries:
+        raise InputError(f"{name}: no document gives a pseudo-query with method {method!r}; try another method")
+    ids = [document.doc_id for document in documents]
+    logger.info("Made %d %s pseudo-queries from %d documents of %s", len(queries), method, len(documents), name)
+    details = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed, **(source or {})}
+    return TrainingData(name, ids, ids, vectors, queries, qrels, details)
