@@ -65,6 +65,11 @@ class Chunker:
     overlap_tokens: int = 40
 
     def __post_init__(self) -> None:
+        # Sentences are tokenized only to count word pieces, never fed to the model, so the
+        # tokenizer's warning about sequences longer than the model's maximum does not apply.
+        warnings = getattr(self.tokenizer, "deprecation_warnings", None)
+        if isinstance(warnings, dict):
+            warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         if self.overlap_tokens >= self.max_tokens:
             raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be smaller than max_tokens ({self.max_tokens})")
 
