@@ -244,13 +244,41 @@ class KnowledgeBase:
         return [by_id[chunk_id] for chunk_id, _ in fused[:k]]
 
     def facts_for(self, question: str, hits: Sequence[Hit], limit: int | None = None) -> list[Fact]:
-        """Return graph facts stated in the hits, those that share most words with the question first."""
+        """Return graph facts stated in the hits that share at least two words with the question, best first.
+
+        A fact's words are its subject, predicate and object, so "ADAR1 | form with | Dicer" matches
+        "What does ADAR1 form a complex with?" on "adar1" and "form".
+        """
         limit = self.settings.graph_facts if limit is None else limit
-        facts = self.store.facts_of_chunks([hit.chunk_id for hit in hits])
         wanted = content_words(question)
-        ranked = sorted(facts, key=lambda f: -len(wanted & content_words(f"{f.subject} {f.object}")))
-        unique = list({fact.relation_id: fact for fact in ranked}.values())
-        return unique[:limit]
+        scored = []
+        for fact in {f.relation_id: f for f in self.store.facts_of_chunks([hit.chunk_id for hit in hits])}.values():
+            overlap = len(wanted & content_words(f"{fact.subject} {fact.predicate.replace('_', ' ')} {fact.object}"))
+            if overlap >= min(2, len(wanted)):
+                scored.append((overlap, fact))
+        scored.sort(key=lambda pair: -pair[0])
+        return [fact for _, fact in scored[:limit]]
+
+    def evidence_for(self, question: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[str]]:
+        """Keep the hits similar enough to the question to show the LLM; return them with notes on what was dropped.
+
+        A hit stays when its cosine similarity to the question is at least ``min_dense_score`` and
+        at least ``relative_dense_score`` times that of the most similar hit.
+        """
+        if not hits:
+            return [], []
+        query = self.encoder.encode([question])[0]
+        vectors = self.store.vectors_of([hit.chunk_id for hit in hits])
+        similarity = {chunk_id: float(vector @ query) for chunk_id, vector in vectors.items()}
+        best = max(similarity.values(), default=0.0)
+        floor = max(self.settings.min_dense_score, self.settings.relative_dense_score * best)
+        kept = [hit for hit in hits if similarity.get(hit.chunk_id, 0.0) >= floor]
+        notes = []
+        if best < self.settings.min_dense_score:
+            notes.append(f"best passage similarity {best:.2f} is below {self.settings.min_dense_score}")
+        elif len(kept) < len(hits):
+            notes.append(f"left out {len(hits) - len(kept)} retrieved passages less similar than {floor:.2f} to the question")
+        return kept, notes
 
     def answerer(self) -> Answerer:
         """Return the answerer with the configured LLM backend, created on first use."""
@@ -263,12 +291,7 @@ class KnowledgeBase:
     def answer(self, question: str, collection: str | None = None, k: int | None = None, retriever: Retriever = "hybrid") -> Answer:
         """Retrieve evidence for ``question`` and answer it with citations."""
         k = k or self.settings.top_k
-        hits = self.retrieve(question, collection, k, retriever)
-        notes = []
-        best = max((self.searcher(name).dense_score(question) for name in self._target_collections(collection)), default=0.0)
-        if best < self.settings.min_dense_score:
-            notes.append(f"best passage similarity {best:.2f} is below {self.settings.min_dense_score}")
-            hits = []
+        hits, notes = self.evidence_for(question, self.retrieve(question, collection, k, retriever))
         return self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:

@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     graph_facts: int = Field(default=8, ge=0, description="Graph facts given to the LLM.")
     min_dense_score: float = Field(
         default=0.25,
-        description="Cosine similarity below which the best passage counts as no evidence.",
+        description="Cosine similarity below which a passage counts as no evidence for the LLM.",
+    )
+    relative_dense_score: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Passages less similar to the question than this fraction of the best one are left out of the prompt.",
     )
 
     graph_store: Literal["rdflib", "neo4j"] = Field(

@@ -307,6 +307,16 @@ class RecordStore:
         matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
         return ids, matrix
 
+    def vectors_of(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return {chunk id: vector} for the stored chunks among ``chunk_ids``."""
+        if not chunk_ids:
+            return {}
+        rows = self._query(
+            f"SELECT chunk_id, embedding FROM chunks WHERE chunk_id IN ({','.join('?' * len(chunk_ids))})",
+            list(chunk_ids),
+        )
+        return {row[0]: np.frombuffer(row[1], dtype=np.float32) for row in rows}
+
     def chunk_texts(self, collection: str) -> tuple[list[str], list[str]]:
         """Return the chunk ids of a collection and the text each chunk is searched by, ordered by id."""
         rows = self._query(

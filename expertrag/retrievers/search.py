@@ -143,8 +143,3 @@ class CollectionSearcher:
             hits.append(Hit(chunk.chunk_id, chunk.doc_id, chunk.collection, chunk.title, chunk.text,
                             chunk.start, chunk.end, score, ranks))
         return hits
-
-    def dense_score(self, query: str) -> float:
-        """Return the cosine similarity of the best chunk for ``query``."""
-        best = self.dense(self.encoder.encode([query]), 1)[0]
-        return best[0][1] if best else 0.0

@@ -240,3 +240,62 @@ def pseudo_query_training_data(
     logger.info("Made %d %s pseudo-queries from %d documents of %s", len(queries), method, len(documents), name)
     details = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed, **(source or {})}
     return TrainingData(name, ids, ids, vectors, queries, qrels, details)
+
+
+def collection_training_data(
+    store: Any,
+    collection: str,
+    qrels_folder: str | Path | None = None,
+    split: str = "train",
+    method: PseudoQueryMethod = "auto",
+    max_queries: int = 1000,
+    seed: int = 0,
+) -> TrainingData:
+    """Build training data over a knowledge-base collection's chunks and their stored base vectors.
+
+    With ``qrels_folder`` (a BEIR folder holding ``queries.jsonl`` and ``qrels/<split>.tsv``
+    whose document ids are the collection's), its judgements are the training queries;
+    otherwise each sampled document's first chunk gives one pseudo-query.
+
+    Raises:
+        InputError: the collection holds no chunks, or the qrels name unknown queries or documents.
+    """
+    unit_ids, vectors = store.chunk_vectors(collection)
+    if not unit_ids:
+        raise InputError(f"Collection {collection!r} holds no documents: ingest a corpus into it first")
+    chunks = store.get_chunks(unit_ids)
+    unit_documents = [chunks[unit].doc_id for unit in unit_ids]
+    if qrels_folder is None:
+        first_chunks = sorted((c for c in chunks.values() if c.position == 0), key=lambda c: c.doc_id)
+        documents = [Document(doc_id=c.doc_id, text=c.text, title=c.title) for c in first_chunks]
+        order = np.random.default_rng(seed).permutation(len(documents))
+        queries: dict[str, str] = {}
+        qrels: dict[str, dict[str, int]] = {}
+        for index in order:
+            text = pseudo_query(documents[index], method)
+            if text is not None:
+                queries[f"pseudo:{documents[index].doc_id}"] = text
+                qrels[f"pseudo:{documents[index].doc_id}"] = {documents[index].doc_id: 1}
+            if len(queries) >= max_queries:
+                break
+        if not queries:
+            raise InputError(f"Collection {collection!r}: no document gives a pseudo-query with method {method!r}")
+        source: dict[str, Any] = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed,
+                                  "collection": collection}
+        return TrainingData(collection, unit_ids, unit_documents, vectors, queries, qrels, source)
+
+    folder = Path(qrels_folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    qrels = load_qrels(folder, split)
+    all_queries = load_queries(folder)
+    missing = sorted(q for q in qrels if q not in all_queries)
+    if missing:
+        raise InputError(f"{qrels_path} names {len(missing)} queries that are not in "
+                         f"{folder / 'queries.jsonl'}: {', '.join(missing[:10])}")
+    known = set(unit_documents)
+    unknown = sorted({doc for judged in qrels.values() for doc in judged if doc not in known})
+    if unknown:
+        raise InputError(f"{qrels_path} names {len(unknown)} documents that are not in collection "
+                         f"{collection!r}: {', '.join(unknown[:10])}")
+    return TrainingData(collection, unit_ids, unit_documents, vectors, {q: all_queries[q] for q in qrels}, qrels,
+                        {"kind": "qrels", "path": str(folder), "split": split, "collection": collection})

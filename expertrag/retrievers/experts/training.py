@@ -1,10 +1,11 @@
 """Training of query-side LoRA experts against frozen document vectors.
 
 Only queries pass through the encoder being trained. Documents keep the base encoder's
-vectors, so one index serves every expert. The loss is a softmax cross-entropy over
-scaled cosine similarities: each (query, relevant document) pair is scored against the
-other pairs' documents in the batch (in-batch negatives) and, in recipes that use them,
-against hard negatives sampled from the base encoder's ranking of the collection.
+vectors, so one index serves every expert. An epoch visits every training query once,
+paired with one of its relevant documents drawn at random. The loss is a softmax
+cross-entropy over scaled cosine similarities: each query's document is scored against
+the other queries' documents in the batch (in-batch negatives) and, in recipes that use
+them, against hard negatives sampled from the base encoder's ranking of the collection.
 
 Every recipe trains from the same seed; after each epoch the adapter is scored on a held
 out validation slice of the queries, and the best (recipe, epoch) wins. An expert that
@@ -69,7 +70,7 @@ class TrainingConfig:
     validation_fraction: float = 0.2
     min_validation_queries: int = 1
     max_validation_queries: int = 300
-    max_training_pairs: int | None = 4000
+    max_training_queries: int | None = 4000
     min_validation_gain: float = 0.0
     seed: int = 0
     device: str | None = None
@@ -111,7 +112,7 @@ class _Domain:
 
     data: TrainingData
     query_ids: list[str]
-    pairs: list[tuple[int, int]]
+    targets: list[list[int]]
     relevant_rows: list[set[int]]
     ranked_rows: np.ndarray
     units: Any
@@ -156,11 +157,11 @@ def train_expert(
     domains = [_prepare(d, encoder, config, device) for d in training]
     base_scores = [_validate(validation_set, lambda texts: encoder.encode(texts)) for validation_set in validation]
     base_mean = float(np.mean([s for s in base_scores]))
-    logger.info("Training expert %r on %s: %d pairs, %d validation queries, base validation nDCG@10 %.4f",
-                name, ", ".join(d.name for d in datasets), sum(len(d.pairs) for d in domains),
+    logger.info("Training expert %r on %s: %d queries, %d validation queries, base validation nDCG@10 %.4f",
+                name, ", ".join(d.name for d in datasets), sum(len(d.query_ids) for d in domains),
                 sum(len(v.qrels) for v in validation), base_mean)
 
-    steps_per_epoch = sum(-(-len(d.pairs) // config.batch_size) for d in domains)
+    steps_per_epoch = sum(-(-len(d.query_ids) // config.batch_size) for d in domains)
     total_steps = steps_per_epoch * config.epochs * len(config.recipes)
     done = 0
     best: tuple[float, str, int, LoraWeights, list[float]] | None = None
@@ -216,8 +217,8 @@ def train_expert(
         "chosen_epochs": best_epoch,
         "validation_history": history,
         "recipe_seconds": recipe_seconds,
-        "training_pairs": sum(len(d.pairs) for d in domains),
         "training_queries": sum(len(d.query_ids) for d in domains),
+        "training_pairs": sum(len(t) for d in domains for t in d.targets),
         "training_seconds": round(seconds, 1),
         "device": device,
     }
@@ -228,7 +229,8 @@ def train_expert(
             f"Expert {name!r} was not registered: its best validation nDCG@10 {best_mean:.4f} "
             f"(recipe {best_recipe}, epoch {best_epoch}) does not beat the base encoder's {base_mean:.4f} "
             f"by more than {config.min_validation_gain}", metrics)
-    return TrainedExpert(name, kind, weights, config.to_dict(), metrics, training, validation)
+    settings = {**config.to_dict(), "encoder": encoder.name}
+    return TrainedExpert(name, kind, weights, settings, metrics, training, validation)
 
 
 def _cap_queries(data: TrainingData, limit: int, seed: int) -> TrainingData:
@@ -241,40 +243,50 @@ def _cap_queries(data: TrainingData, limit: int, seed: int) -> TrainingData:
 
 
 def _prepare(data: TrainingData, encoder: Encoder, config: TrainingConfig, device: str) -> _Domain:
-    """Find each pair's target unit, each query's relevant units and the base ranking for hard negatives."""
+    """Find each query's target units (the best unit of each relevant document), its relevant units
+    and the base ranking for hard negatives."""
     import torch
 
     query_ids = sorted(data.qrels)
+    if config.max_training_queries is not None and len(query_ids) > config.max_training_queries:
+        keep = np.random.default_rng(config.seed).permutation(len(query_ids))[: config.max_training_queries]
+        query_ids = sorted(query_ids[i] for i in keep)
     base_vectors = encoder.encode([data.queries[q] for q in query_ids])
     scores = base_vectors @ data.unit_vectors.T
     depth = min(max(recipe.hard_negative_ranks[1] for recipe in config.recipes), scores.shape[1])
     ranked = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
     ranked = np.take_along_axis(ranked, np.argsort(-np.take_along_axis(scores, ranked, axis=1), axis=1), axis=1)
 
-    pairs: list[tuple[int, int]] = []
+    targets: list[list[int]] = []
     relevant_rows: list[set[int]] = []
     for position, query_id in enumerate(query_ids):
         rows: set[int] = set()
+        query_targets = []
         for doc_id in sorted(data.qrels[query_id]):
             doc_rows = data.rows_of_document[doc_id]
             rows.update(doc_rows)
-            target = max(doc_rows, key=lambda row: scores[position, row])
-            pairs.append((position, target))
+            query_targets.append(max(doc_rows, key=lambda row: scores[position, row]))
+        targets.append(query_targets)
         relevant_rows.append(rows)
-    if config.max_training_pairs is not None and len(pairs) > config.max_training_pairs:
-        keep = np.random.default_rng(config.seed).permutation(len(pairs))[: config.max_training_pairs]
-        pairs = [pairs[i] for i in sorted(keep)]
     units = torch.from_numpy(np.ascontiguousarray(data.unit_vectors, dtype=np.float32)).to(device)
-    return _Domain(data, query_ids, pairs, relevant_rows, ranked, units)
+    return _Domain(data, query_ids, targets, relevant_rows, ranked, units)
 
 
 def _batches(domains: list[_Domain], batch_size: int, rng: np.random.Generator):
-    """Yield (domain, pairs) batches: each batch holds one domain's pairs, and batches are shuffled."""
+    """Yield (domain, [(query position, target unit row)]) batches for one epoch.
+
+    Each batch holds queries of one domain, each with one relevant document drawn at
+    random; the batches of all domains are shuffled together.
+    """
     batches = []
     for domain in domains:
-        order = rng.permutation(len(domain.pairs))
+        order = rng.permutation(len(domain.query_ids))
         for first in range(0, len(order), batch_size):
-            batches.append((domain, [domain.pairs[i] for i in order[first : first + batch_size]]))
+            batch = []
+            for position in order[first : first + batch_size]:
+                choices = domain.targets[position]
+                batch.append((int(position), choices[int(rng.integers(len(choices)))]))
+            batches.append((domain, batch))
     for index in rng.permutation(len(batches)):
         yield batches[index]
 
