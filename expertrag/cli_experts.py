@@ -198,3 +198,7 @@ def route(
     except ExpertRAGError as error:
         _fail(error)
     _print_json([{"query": query, **decision.to_dict()} for query, decision in zip(queries, decisions)])
+
+
+if __name__ == "__main__":
+    experts_app()

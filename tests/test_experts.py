@@ -421,7 +421,7 @@ def test_collection_training_data_checks_collection(encoder):
     assert data.unit_documents == ["d0", "d1", "d2"]
 
     empty = SimpleNamespace(chunk_vectors=lambda collection: ([], np.zeros((0, 0), dtype=np.float32)))
-    with pytest.raises(InputError, match="holds no documents"):
+    with pytest.raises(InputError, match="contains no documents"):
         collection_training_data(empty, "nothing")
 
 
@@ -442,8 +442,10 @@ def test_pseudo_queries():
 # Command line
 
 
-def test_cli_train_list_show_route_remove(tmp_path, domains):
+def test_cli_train_list_show_route_remove(tmp_path, domains, monkeypatch):
     from expertrag.cli_experts import experts_app
+
+    monkeypatch.setenv("EXPERTRAG_CACHE_DIR", str(tmp_path / "cache"))
 
     data = domains["animals"]
     triples = toy_documents("animals")

@@ -13,7 +13,6 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ class LoraSpec:
 
     @property
     def scaling(self) -> float:
-        """Factor PEFT applies to ``B @ A`` (``alpha / rank``; rsLoRA is not used)."""
+        """Factor PEFT applies to ``B @ A``: ``alpha / rank`` (rsLoRA scaling is not supported)."""
         return self.alpha / self.rank
 
     def to_peft(self) -> Any:
@@ -140,7 +139,7 @@ class LoraWeights:
                     halves.setdefault(name[: -len(suffix)], {})[part] = tensor
         incomplete = sorted(name for name, pair in halves.items() if len(pair) != 2)
         if not halves or incomplete:
-            raise AdapterLoadError(f"{weights_path} holds no complete LoRA factor pairs (incomplete: {incomplete[:3]})")
+            raise AdapterLoadError(f"{weights_path} contains no complete LoRA factor pairs (incomplete: {incomplete[:3]})")
         factors = {name: (pair["lora_A"], pair["lora_B"]) for name, pair in halves.items()}
         return cls(spec=spec, factors=factors)
 
@@ -180,7 +179,7 @@ def extract_lora(model: Any, spec: LoraSpec, adapter_name: str = "expert") -> Lo
 
 
 def merged_copy(base: Any, weights: LoraWeights) -> Any:
-    """Return a copy of ``base`` with ``weights`` merged in; untouched tensors stay shared.
+    """Return a copy of ``base`` with ``weights`` merged in, sharing every tensor the adapter leaves unchanged.
 
     Only the weight matrices of the adapted linear layers are duplicated (about 42 MB for
     all linear layers of MiniLM-L6), so the base model's outputs never change.
@@ -264,7 +263,7 @@ class ExpertEncoders:
         self._fingerprints[name] = fingerprint
 
     def remove(self, name: str) -> None:
-        """Drop an expert encoder; unknown names are ignored."""
+        """Drop an expert encoder. Unknown names are ignored."""
         self._models.pop(name, None)
         self._fingerprints.pop(name, None)
 
@@ -279,16 +278,3 @@ class ExpertEncoders:
         if expert not in self._models:
             raise ExpertNotFoundError(f"Expert {expert!r} is not loaded (loaded: {', '.join(self.names) or 'none'})")
         return encode_with(self._models[expert], texts, self.encoder.batch_size)
-
-    def encode_grouped(self, texts: list[str], experts: Iterable[str]) -> np.ndarray:
-        """Encode each text with its own expert, one batch per expert, and return rows in input order."""
-        assigned = list(experts)
-        if len(assigned) != len(texts):
-            raise ValueError(f"{len(assigned)} experts for {len(texts)} texts")
-        out = np.zeros((len(texts), self.encoder.dimension), dtype=np.float32)
-        groups: dict[str, list[int]] = {}
-        for row, name in enumerate(assigned):
-            groups.setdefault(name, []).append(row)
-        for name, rows in groups.items():
-            out[rows] = self.encode([texts[row] for row in rows], name)
-        return out

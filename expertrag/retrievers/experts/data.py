@@ -133,8 +133,8 @@ def load_beir_training_data(
     """Read a BEIR folder's corpus and ``qrels/<split>.tsv`` and encode the corpus with the base encoder.
 
     Raises:
-        InputError: the corpus holds no documents, or the qrels name queries or documents that
-            are not in ``queries.jsonl`` or ``corpus.jsonl``; the message names the file and ids.
+        InputError: the corpus contains no documents, or the qrels name queries or documents
+            that are not in ``queries.jsonl`` or ``corpus.jsonl``. The message names the file and ids.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -163,10 +163,10 @@ def load_beir_training_data(
 
 
 def load_beir_documents(folder: str | Path) -> list[Document]:
-    """Read the documents of a BEIR folder; records without text are skipped and counted in the log.
+    """Read the documents of a BEIR folder, skipping records without text (their count is logged).
 
     Raises:
-        InputError: ``corpus.jsonl`` is missing or holds no usable document.
+        InputError: ``corpus.jsonl`` is missing or contains no usable document.
     """
     return _read_documents(Path(folder))
 
@@ -184,9 +184,9 @@ def _read_documents(folder: Path) -> list[Document]:
 def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     """Return the pseudo-query of one document, or None when the method finds nothing usable.
 
-    ``title`` uses the title when the document has a body beside it; ``first-sentence`` uses
-    the body's first sentence (its first 16 words when that sentence is over 32 words or the
-    text has no sentence punctuation); ``auto`` tries the title, then the first sentence.
+    ``title`` uses the title of a document that also has a body. ``first-sentence`` uses the
+    body's first sentence, cut to its first 16 words when it is over 32 words long (as in
+    texts without sentence punctuation). ``auto`` tries the title, then the first sentence.
     """
     if method not in PSEUDO_QUERY_METHODS:
         raise InputError(f"Unknown pseudo-query method {method!r}: use {', '.join(PSEUDO_QUERY_METHODS)}")
@@ -253,16 +253,16 @@ def collection_training_data(
 ) -> TrainingData:
     """Build training data over a knowledge-base collection's chunks and their stored base vectors.
 
-    With ``qrels_folder`` (a BEIR folder holding ``queries.jsonl`` and ``qrels/<split>.tsv``
-    whose document ids are the collection's), its judgements are the training queries;
-    otherwise each sampled document's first chunk gives one pseudo-query.
+    With ``qrels_folder``, a BEIR folder whose ``qrels/<split>.tsv`` names the collection's
+    document ids, its judged queries are the training queries. Without it, the first chunk
+    of each sampled document gives one pseudo-query.
 
     Raises:
-        InputError: the collection holds no chunks, or the qrels name unknown queries or documents.
+        InputError: the collection contains no chunks, or the qrels name unknown queries or documents.
     """
     unit_ids, vectors = store.chunk_vectors(collection)
     if not unit_ids:
-        raise InputError(f"Collection {collection!r} holds no documents: ingest a corpus into it first")
+        raise InputError(f"Collection {collection!r} contains no documents: ingest a corpus into it first")
     chunks = store.get_chunks(unit_ids)
     unit_documents = [chunks[unit].doc_id for unit in unit_ids]
     if qrels_folder is None:

@@ -3,9 +3,9 @@
 Only queries pass through the encoder being trained. Documents keep the base encoder's
 vectors, so one index serves every expert. An epoch visits every training query once,
 paired with one of its relevant documents drawn at random. The loss is a softmax
-cross-entropy over scaled cosine similarities: each query's document is scored against
-the other queries' documents in the batch (in-batch negatives) and, in recipes that use
-them, against hard negatives sampled from the base encoder's ranking of the collection.
+cross-entropy over scaled cosine similarities. Each query's document competes with the
+other queries' documents in the batch (in-batch negatives). Recipes with hard negatives
+add documents sampled from the base encoder's ranking of the collection.
 
 Every recipe trains from the same seed; after each epoch the adapter is scored on a held
 out validation slice of the queries, and the best (recipe, epoch) wins. An expert that
@@ -141,7 +141,7 @@ def train_expert(
 
     Raises:
         ExpertRejectedError: no recipe beat the base encoder on validation by more than
-            ``config.min_validation_gain``; the error's ``report`` holds every score.
+            ``config.min_validation_gain``. The error's ``report`` contains every score.
     """
     import torch
 
@@ -275,8 +275,8 @@ def _prepare(data: TrainingData, encoder: Encoder, config: TrainingConfig, devic
 def _batches(domains: list[_Domain], batch_size: int, rng: np.random.Generator):
     """Yield (domain, [(query position, target unit row)]) batches for one epoch.
 
-    Each batch holds queries of one domain, each with one relevant document drawn at
-    random; the batches of all domains are shuffled together.
+    Each batch contains queries of one domain, each with one relevant document drawn at
+    random, and the batches of all domains are shuffled together.
     """
     batches = []
     for domain in domains:
@@ -312,7 +312,8 @@ def _contrastive_loss(model: Any, domain: _Domain, batch: list[tuple[int, int]],
     column_of = {row: index for index, row in enumerate(columns)}
 
     texts = [domain.data.queries[domain.query_ids[position]] for position, _ in batch]
-    features = model.preprocess(texts)
+    preprocess = getattr(model, "preprocess", None) or model.tokenize
+    features = preprocess(texts)
     features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
     queries = model(features)["sentence_embedding"]
     logits = queries @ domain.units[columns].T / config.temperature
