@@ -46,7 +46,7 @@ def main() -> None:
     with KnowledgeBase.open(args.kb, settings) as kb:
         for query_id in list(dataset.qrels)[: args.claims]:
             claim = dataset.queries[query_id]
-            question = f"Is this claim supported or refuted, and by what evidence? {claim}"
+            question = f"What does the evidence say about this claim: {claim}"
             answer = kb.answer(question, args.collection)
             rows.append({
                 "query_id": query_id,
