@@ -1,4 +1,4 @@
-"""The knowledge base: one directory that holds a record store, an RDF graph and vector indexes.
+"""The knowledge base: one directory that contains a record store, an RDF graph and vector indexes.
 
 Layout::
 
@@ -250,11 +250,11 @@ class KnowledgeBase:
         "What does ADAR1 form a complex with?" on "adar1" and "form".
         """
         limit = self.settings.graph_facts if limit is None else limit
-        wanted = content_words(question)
+        question_words = content_words(question)
         scored = []
         for fact in {f.relation_id: f for f in self.store.facts_of_chunks([hit.chunk_id for hit in hits])}.values():
-            overlap = len(wanted & content_words(f"{fact.subject} {fact.predicate.replace('_', ' ')} {fact.object}"))
-            if overlap >= min(2, len(wanted)):
+            overlap = len(question_words & content_words(f"{fact.subject} {fact.predicate.replace('_', ' ')} {fact.object}"))
+            if overlap >= min(2, len(question_words)):
                 scored.append((overlap, fact))
         scored.sort(key=lambda pair: -pair[0])
         return [fact for _, fact in scored[:limit]]

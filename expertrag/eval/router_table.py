@@ -1,9 +1,9 @@
 """Router evaluation over many BEIR datasets, written as one nDCG@10 table.
 
-Rows are datasets and the last row is the mean. Columns: BM25, the base encoder, every
-expert applied to every dataset, the multitask expert, the routing strategies (pilot with
-the static and with the base-encoder representation, centroid, fusion) and the oracle
-(the best single candidate per dataset, which needs the test judgements).
+Rows are datasets and the last row is the mean. The columns are BM25, the base encoder,
+every expert applied to every dataset, the multitask expert and the routing strategies:
+pilot (with the static and with the base-encoder representation), centroid and fusion.
+The oracle column is the best single candidate per dataset, picked with the test judgements.
 
 Every dense column searches the same exact index of base-encoded documents. A routed
 query takes the ranking its chosen expert produces for it, which is what
@@ -60,8 +60,8 @@ EXPERT_PLAN: dict[str, dict[str, str]] = {
     "mtrag_cloud": {"source": "pseudo"},
     "climate_fever": {"source": "pseudo"},
 }
-"""Which datasets get an expert and from what. adi, medline and mtrag_clapnq get none: they
-measure routing on domains without an expert (each has a related domain that has one)."""
+"""Expert of each dataset and its training data source. adi, medline and mtrag_clapnq get none,
+so they measure routing on domains without an expert (each has a related domain that has one)."""
 
 DEFAULT_DATASETS = ["scifact", "nfcorpus", "climate_fever", "mtrag_clapnq", "mtrag_cloud", "mtrag_govt", "cranfield",
                     "cisi", "medline", "cacm", "npl", "lisa", "adi", "hotpotqa", "musique"]
@@ -250,6 +250,19 @@ def build_table(datasets: list[str], registry: ExpertRegistry, settings: Setting
                        "sizes": library.pilot_sizes, "assignments": library.assignments, "aggregate": aggregate}}
 
 
+def summary_lines(table: dict[str, Any]) -> list[str]:
+    """Return Markdown lines comparing the pilot router's mean nDCG@10 with the base encoder and multitask."""
+    mean = table["mean"]
+    lines = [f"Pilot router mean minus base encoder mean: {100 * (mean['pilot'] - mean[BASE_EXPERT]):+.2f} nDCG@10 points."]
+    multitask = next((name for name, info in table["experts"].items() if info["kind"] == "multitask"), None)
+    if multitask and multitask in mean:
+        lines.append(f"Pilot router mean minus multitask mean: {100 * (mean['pilot'] - mean[multitask]):+.2f} points.")
+    worse = [f"{row['dataset']} ({100 * (row['ndcg@10']['pilot'] - row['ndcg@10'][BASE_EXPERT]):+.2f})"
+             for row in table["rows"] if row["ndcg@10"]["pilot"] < row["ndcg@10"][BASE_EXPERT] - 0.01]
+    lines.append(f"Datasets where the pilot router is more than 1.0 point below the base encoder: {', '.join(worse) or 'none'}.")
+    return lines
+
+
 def write_table(table: dict[str, Any], out: Path, name: str, command: str) -> tuple[Path, Path]:
     """Write the table as JSON and Markdown; return both paths."""
     table = {**table, "command": command}
@@ -265,7 +278,7 @@ def write_table(table: dict[str, Any], out: Path, name: str, command: str) -> tu
         cells = [f"**{row['ndcg@10'][c]:.4f}**" if row["ndcg@10"][c] == best else f"{row['ndcg@10'][c]:.4f}" for c in columns]
         lines.append(f"| {row['dataset']} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"{table['mean'][c]:.4f}" for c in columns) + " |")
-    lines += ["", "Routing decisions of the pilot router (static representation) per dataset:", ""]
+    lines += ["", *summary_lines(table), "", "Routing decisions of the pilot router (static representation) per dataset:", ""]
     for row in table["rows"]:
         lines.append(f"- {row['dataset']}: {row['routing'].get('pilot', {})}")
     splits = [row for row in table["rows"] if "training_positive_split" in row]

@@ -122,7 +122,7 @@ class Answerer:
 
     @staticmethod
     def _attribute(text: str, hits: Sequence[Hit]) -> list[int]:
-        """Return the number of the passage that holds most of the answer's content words, if any holds half."""
+        """Return the number of the passage that contains most of the answer's content words, if one contains at least half."""
         words = content_words(text)
         if not words:
             return []
@@ -133,8 +133,8 @@ class Answerer:
     @staticmethod
     def _cite(number: int, hit: Hit, question: str, answer: str) -> Citation:
         """Cite the sentence of ``hit`` that shares most content words with the answer and question."""
-        wanted = content_words(answer) | content_words(question)
+        evidence_words = content_words(answer) | content_words(question)
         spans = split_sentences(hit.text) or [(0, len(hit.text))]
-        start, end = max(spans, key=lambda span: len(wanted & content_words(hit.text[span[0]:span[1]])))
+        start, end = max(spans, key=lambda span: len(evidence_words & content_words(hit.text[span[0]:span[1]])))
         return Citation(number, hit.chunk_id, hit.doc_id, hit.collection, hit.start + start, hit.start + end,
                         hit.text[start:end])

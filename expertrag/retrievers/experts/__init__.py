@@ -14,6 +14,7 @@ Typical use::
 from expertrag.retrievers.experts.adapter import BASE_EXPERT, ExpertEncoders, LoraSpec, LoraWeights, merged_copy
 from expertrag.retrievers.experts.data import (
     TrainingData,
+    inverse_cloze_pair,
     load_beir_documents,
     load_beir_training_data,
     pseudo_query,
@@ -37,6 +38,6 @@ __all__ = [
     "ExpertNotFoundError", "ExpertRegistry", "ExpertRejectedError", "LoraSpec", "LoraWeights", "PilotLibrary",
     "Recipe", "RoutedResult", "RouterRetriever", "RoutingDecision", "StaticEmbedder", "TrainedExpert",
     "TrainingConfig", "TrainingData", "fuse_rankings", "load_beir_documents", "load_beir_training_data",
-    "merged_copy", "parse_strategy", "pseudo_query", "pseudo_query_training_data", "train_expert",
+    "inverse_cloze_pair", "merged_copy", "parse_strategy", "pseudo_query", "pseudo_query_training_data", "train_expert",
     "vector_index_search",
 ]

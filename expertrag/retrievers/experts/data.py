@@ -1,8 +1,9 @@
 """Training data of an expert: queries, their relevant documents, and the collection's base vectors.
 
-Data comes from a BEIR folder's training qrels, or from pseudo-queries cut from the
-collection's own documents (a title or a first sentence, each paired with its document)
-when a collection has no training queries.
+Data comes from a BEIR folder's training qrels or, when a collection has no training
+queries, from pseudo-queries cut from its own documents: a title or a first sentence
+paired with its document, or (``ict``, the inverse cloze task) a sentence paired with the
+vector of its document re-encoded without that sentence.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from expertrag.retrievers.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
-PseudoQueryMethod = Literal["title", "first-sentence", "auto"]
-PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto")
+PseudoQueryMethod = Literal["title", "first-sentence", "auto", "ict"]
+PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto", "ict")
 RANK_DEPTH = 100
 """Documents ranked per query when scoring validation and pilot queries (enough for nDCG@10)."""
 
@@ -188,10 +189,10 @@ def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     body's first sentence, cut to its first 16 words when it is over 32 words long (as in
     texts without sentence punctuation). ``auto`` tries the title, then the first sentence.
     """
-    if method not in PSEUDO_QUERY_METHODS:
-        raise InputError(f"Unknown pseudo-query method {method!r}: use {', '.join(PSEUDO_QUERY_METHODS)}")
-    title = document.title.strip()
-    body = document.text[len(title):].strip() if title and document.text.startswith(title) else document.text.strip()
+    if method not in PSEUDO_QUERY_METHODS or method == "ict":
+        raise InputError(f"Unknown pseudo-query method {method!r} for one document: use title, first-sentence or auto "
+                         "(ict changes the document too, see inverse_cloze_pair)")
+    title, body = _title_and_body(document)
     if method in ("title", "auto") and title and body and len(title.split()) >= 3:
         return title
     if method == "title":
@@ -202,6 +203,33 @@ def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     if len(words) < 4:
         return None
     return " ".join(words)
+
+
+def _title_and_body(document: Document) -> tuple[str, str]:
+    title = document.title.strip()
+    if title and document.text.startswith(title):
+        return title, document.text[len(title):].strip()
+    return title, document.text.strip()
+
+
+def inverse_cloze_pair(document: Document, rng: np.random.Generator) -> tuple[str, str] | None:
+    """Cut one sentence out of a document: return (that sentence, the document text without it).
+
+    The sentence is drawn among those of at least 5 words (cut to 32 words). A body without
+    3 sentences is split into 15-word pieces instead, as for texts without punctuation.
+    Returns None for a body too short for either.
+    """
+    title, body = _title_and_body(document)
+    pieces = [piece for piece in _SENTENCE_END.split(body) if piece.strip()]
+    if len(pieces) < 3:
+        words = body.split()
+        pieces = [" ".join(words[start : start + 15]) for start in range(0, len(words), 15)]
+    candidates = [i for i, piece in enumerate(pieces) if len(piece.split()) >= 5]
+    if len(pieces) < 3 or not candidates:
+        return None
+    chosen = candidates[int(rng.integers(len(candidates)))]
+    rest = " ".join(piece for i, piece in enumerate(pieces) if i != chosen)
+    return " ".join(pieces[chosen].split()[:32]), f"{title} {rest}".strip()
 
 
 def pseudo_query_training_data(
@@ -216,17 +244,30 @@ def pseudo_query_training_data(
 ) -> TrainingData:
     """Pair one pseudo-query per sampled document with that document, over all documents' vectors.
 
+    With ``ict`` each sampled document's vector is replaced by that of the document without
+    its query sentence; the others keep their full vectors.
+
     Raises:
         InputError: no document, or no document yields a pseudo-query with ``method``.
     """
     if not documents:
         raise InputError(f"{name}: no documents to make pseudo-queries from")
+    if method not in PSEUDO_QUERY_METHODS:
+        raise InputError(f"Unknown pseudo-query method {method!r}: use {', '.join(PSEUDO_QUERY_METHODS)}")
     vectors = encode_cached(encoder, [document_text(d) for d in documents], cache_dir)
-    order = np.random.default_rng(seed).permutation(len(documents))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(documents))
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
+    shortened: dict[int, str] = {}
     for index in order:
-        text = pseudo_query(documents[index], method)
+        if method == "ict":
+            pair = inverse_cloze_pair(documents[index], rng)
+            text = pair[0] if pair else None
+            if pair:
+                shortened[int(index)] = pair[1]
+        else:
+            text = pseudo_query(documents[index], method)
         if text is None:
             continue
         query_id = f"pseudo:{documents[index].doc_id}"
@@ -234,6 +275,12 @@ def pseudo_query_training_data(
         qrels[query_id] = {documents[index].doc_id: 1}
         if len(queries) >= max_queries:
             break
+    if shortened:
+        # The unit of each pseudo-queried document becomes the document without its query
+        # sentence, so training cannot succeed by matching the sentence word for word.
+        rows = sorted(shortened)
+        vectors = vectors.copy()
+        vectors[rows] = encode_cached(encoder, [shortened[row] for row in rows], cache_dir)
     if not queries:
         raise InputError(f"{name}: no document gives a pseudo-query with method {method!r}; try another method")
     ids = [document.doc_id for document in documents]
@@ -266,6 +313,9 @@ def collection_training_data(
     chunks = store.get_chunks(unit_ids)
     unit_documents = [chunks[unit].doc_id for unit in unit_ids]
     if qrels_folder is None:
+        if method == "ict":
+            raise InputError("Pseudo-query method 'ict' re-encodes documents and is not available for a "
+                             "knowledge-base collection: use title, first-sentence or auto, or train from --data")
         first_chunks = sorted((c for c in chunks.values() if c.position == 0), key=lambda c: c.doc_id)
         documents = [Document(doc_id=c.doc_id, text=c.text, title=c.title) for c in first_chunks]
         order = np.random.default_rng(seed).permutation(len(documents))

@@ -1,9 +1,9 @@
 """Pilot embeddings: where in query space each expert (or the base encoder) serves queries best.
 
-Building follows RouterRetriever (Lee et al., 2024, arXiv 2409.02685): every candidate
-(the base encoder and each domain expert) ranks every stored query of every domain
-expert; each query joins the group of the candidate whose ranking gives it the highest
-nDCG@10; each (candidate, domain) group that holds at least ``min_group_size`` queries and
+Building follows RouterRetriever (Lee et al., 2024, arXiv 2409.02685). Every candidate
+(the base encoder and each domain expert) ranks the stored queries of every domain
+expert, and each query joins the group of the candidate whose ranking gives it the
+highest nDCG@10. A (candidate, domain) group with at least ``min_group_size`` queries and
 ``min_group_fraction`` of the domain's queries keeps the centroid of its queries' routing
 representations as one pilot. Smaller groups are dropped as noise. A query is then routed to
 the candidate whose pilots are most similar: ``mean`` averages the similarity over a
@@ -43,8 +43,8 @@ AGGREGATES: tuple[str, ...] = ("weighted", "mean", "max")
 class StaticEmbedder:
     """Mean of the base model's input word-piece embeddings of a text.
 
-    It costs one tokenizer call and a table lookup, about a hundredth of an encoder pass,
-    which keeps routing overhead small; it separates domains by vocabulary, not meaning.
+    It costs one tokenizer call and a table lookup, far less than an encoder pass, so routing
+    adds little latency. It separates domains by vocabulary, not by meaning.
     """
 
     def __init__(self, encoder: Encoder) -> None:
@@ -200,7 +200,7 @@ def build_library(
     representation: str,
     aggregate: str,
     fingerprint: str,
-    max_queries_per_domain: int = 500,
+    max_queries_per_domain: int = 300,
     min_group_size: int = 3,
     min_group_fraction: float = 0.05,
     seed: int = 0,
@@ -239,8 +239,8 @@ def build_library(
             assignments[key] = counts
             logger.info("Pilot queries of %s: best candidate counts %s", key, counts)
 
-    dimension = encoders.encoder.dimension if representation == "base" else (raw_rows[0].shape[0] if raw_rows else 0)
     if not raw_rows:
+        dimension = represent(["query"]).shape[1]
         empty = np.zeros((0, dimension), dtype=np.float32)
         return PilotLibrary(representation, aggregate, fingerprint, np.zeros(dimension, dtype=np.float32), empty,
                             [], [], [], empty, [], assignments)

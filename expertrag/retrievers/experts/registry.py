@@ -51,7 +51,7 @@ def check_expert_name(name: str) -> str:
 
 @dataclass
 class ExpertInfo:
-    """What ``expert.json`` says about one expert, or the error that made it unreadable."""
+    """The metadata in one expert's ``expert.json``, or the error that made it unreadable."""
 
     name: str
     path: Path

@@ -11,8 +11,8 @@ Strategies:
 - ``oracle`` exists only in evaluation, because it needs relevance judgements.
 
 The routing representation is ``static`` by default (mean word-piece embeddings, nearly
-free) or ``base`` (the base encoder's embedding, as in the paper, costing one more
-encoder pass unless the base encoder is picked). Experts are merged copies of the base
+free) or ``base``, the base encoder's embedding that RouterRetriever (Lee et al., 2024)
+routes by. ``base`` costs one more encoder pass unless the base encoder is picked. Experts are merged copies of the base
 model, so a routed query costs one encoder pass, and a batch is encoded one expert at a time.
 """
 
@@ -54,7 +54,7 @@ FUSION_DEPTH = 100
 
 @dataclass
 class RoutingDecision:
-    """Which expert served a query and why: the strategy and the similarity of each candidate."""
+    """The expert that served a query, the strategy, and the similarity of each candidate."""
 
     expert: str
     strategy: str
@@ -105,7 +105,7 @@ class RouterRetriever:
         strategy: str = "pilot",
         representation: str = "static",
         aggregate: str = "weighted",
-        max_pilot_queries: int = 500,
+        max_pilot_queries: int = 300,
         min_group_size: int = 3,
         min_group_fraction: float = 0.05,
         seed: int = 0,
@@ -269,11 +269,11 @@ class RouterRetriever:
         for row in range(len(texts)):
             similarities = {n: round(float(s), 4) for n, s in zip(names, scores[row])}
             best = names[int(np.argmax(scores[row]))]
-            what = {"weighted": "size-weighted mean similarity to its pilot embeddings",
+            basis = {"weighted": "size-weighted mean similarity to its pilot embeddings",
                     "mean": "mean similarity to its pilot embeddings",
                     "max": "similarity to its nearest pilot embedding"}[self.aggregate] if kind == "pilot" else (
                 "similarity to its domain centroid")
-            decisions.append(RoutingDecision(best, strategy, similarities, f"highest {what} ({self.representation} representation)"))
+            decisions.append(RoutingDecision(best, strategy, similarities, f"highest {basis} ({self.representation} representation)"))
         return decisions, base_vectors
 
     def encode(self, texts: Sequence[str], strategy: str | None = None) -> tuple[np.ndarray, list[RoutingDecision]]:

@@ -71,7 +71,9 @@ class TrainingConfig:
     min_validation_queries: int = 1
     max_validation_queries: int = 300
     max_training_queries: int | None = 4000
-    min_validation_gain: float = 0.0
+    min_validation_gain: float = 0.005
+    """nDCG@10 the expert must gain over the base encoder on validation; smaller gains are noise
+    on a validation slice of a few hundred queries."""
     seed: int = 0
     device: str | None = None
 
