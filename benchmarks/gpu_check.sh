@@ -6,16 +6,17 @@
 #
 #   1. On the CPU machine, in the repository root:
 #        bash benchmarks/gpu_check.sh prepare
-#      This writes .gpu_check/ (listed in .git/info/exclude): the base encoder saved in float16
-#      (about 45 MB, because the float32 folder alone exceeds the 64 MiB that travels), SciFact
-#      as a .tar.gz, and wheels of pytrec-eval-terrier for CPython 3.12, which that image lacks.
+#      This writes .gpu_check/ (listed in .git/info/exclude). It holds the base encoder saved in
+#      float16 (about 45 MB; the float32 folder alone exceeds the 64 MiB that the device tool
+#      carries), SciFact as a .tar.gz, and a pytrec-eval-terrier wheel for CPython 3.12, which
+#      the GPU image lacks.
 #   2. Through the device tool, with carry [".gpu_check"] and timeout_s 480:
 #        bash benchmarks/gpu_check.sh run
 #      It prints one JSON report and copies it to $OUT/gpu_check.json when $OUT is set.
 #   A dry run of step 2 on the CPU machine (300 documents, 1 epoch, no GPU needed) checks the
 #   Python part:  bash benchmarks/gpu_check.sh dry-run
-#      Expected wall time on one H200: well under the 8-minute budget (model load, corpus
-#      encoding and 2 recipes x 6 epochs of training are each seconds on a GPU).
+#      Estimated wall time on one H200: about 1-2 minutes, well inside the 8-minute budget
+#      (an estimate, because the run step never executed on a GPU).
 #
 # NOTE: no GPU machine was lent when this was written, so the run step has never executed on
 # a GPU; only the dry run has. The package list of the GPU image was taken from the device

@@ -8,13 +8,15 @@ would be rejected, so the table shows the validation gain beside the test gain.
 Usage:
     python benchmarks/pseudo_queries.py [--datasets scifact:title scifact:first-sentence ...]
 
-Writes benchmarks/results/pseudo_queries.json and .md.
+Adds its rows to benchmarks/results/pseudo_queries.json (a row of the same dataset and method
+is replaced) and rewrites pseudo_queries.md from all rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -35,11 +37,13 @@ from expertrag.eval.embedding_cache import encode_cached
 from expertrag.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 DEFAULT_RUNS = ["scifact:title", "scifact:first-sentence", "nfcorpus:first-sentence",
                 "cranfield:title", "cranfield:first-sentence"]
 
 
-def test_ndcg(dataset: BeirDataset, vectors: np.ndarray, doc_ids: list[str], query_vectors: np.ndarray) -> float:
+def ndcg_on_test(dataset: BeirDataset, vectors: np.ndarray, doc_ids: list[str], query_vectors: np.ndarray) -> float:
     data = TrainingData(dataset.name, doc_ids, doc_ids, vectors, dataset.queries, dataset.qrels)
     query_ids = list(dataset.queries)
     means, _ = evaluate_run(dataset.qrels, data.rank(query_vectors, query_ids))
@@ -71,8 +75,8 @@ def main() -> None:
         encoders = ExpertEncoders(encoder)
         encoders.add("expert", expert.weights)
         texts = list(dataset.queries.values())
-        base = test_ndcg(dataset, vectors, doc_ids, encoder.encode(texts))
-        tuned = test_ndcg(dataset, vectors, doc_ids, encoders.encode(texts, "expert"))
+        base = ndcg_on_test(dataset, vectors, doc_ids, encoder.encode(texts))
+        tuned = ndcg_on_test(dataset, vectors, doc_ids, encoders.encode(texts, "expert"))
         validation = expert.metrics["validation_ndcg@10"]
         rows.append({"dataset": name, "method": method, "pseudo_queries": len(data.qrels),
                      "validation_base": validation["base"], "validation_expert": validation["expert"],
@@ -84,10 +88,15 @@ def main() -> None:
     command = "python benchmarks/pseudo_queries.py --datasets " + " ".join(args.datasets) + \
         f" --max-queries {args.max_queries} --epochs {args.epochs}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pseudo_queries.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n",
-                                                 encoding="utf-8")
+    path = RESULTS / "pseudo_queries.json"
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"commands": [], "rows": []}
+    new_keys = {(r["dataset"], r["method"]) for r in rows}
+    rows = [r for r in previous["rows"] if (r["dataset"], r["method"]) not in new_keys] + rows
+    commands = [c for c in previous["commands"] if c != command] + [command]
+    path.write_text(json.dumps({"commands": commands, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     lines = ["# Pseudo-query experts scored on real test queries", "",
-             f"Regenerate: `{command}`", "",
+             "Regenerate (each command adds or replaces its rows):", "",
+             *[f"    {c}" for c in commands], "",
              "Experts are trained only on pseudo-queries from the corpus (all-MiniLM-L6-v2 base, query-side LoRA "
              "rank 8, the default recipes; validation is a slice of the pseudo-queries). 2 shared CPU cores.", "",
              "| dataset | method | pseudo-queries | validation base | validation expert | test base | test expert | test gain | seconds |",

@@ -3,8 +3,8 @@
 Plain: ``Encoder.encode([query])`` and an exact FAISS search. Routed: ``RouterRetriever.search``
 with one query (pilot routing, then the chosen expert's merged encoder, then the same search).
 The two paths alternate query by query, so machine load hits both alike. The routed path is
-also timed with the base-encoder routing representation (the paper's two-pass design) and
-for batches of queries grouped by expert.
+also timed with the base-encoder routing representation, the two-pass design of
+RouterRetriever (Lee et al., 2024), and for batches of queries grouped by expert.
 
 Usage:
     python benchmarks/router_latency.py --experts-dir EXPERTS [--datasets scifact nfcorpus ...] [--queries 300]

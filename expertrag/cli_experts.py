@@ -59,6 +59,7 @@ def train(
     from expertrag.retrievers.encoder import Encoder
     from expertrag.retrievers.experts import (
         ExpertRegistry,
+        ExpertRejectedError,
         LoraSpec,
         TrainingConfig,
         load_beir_documents,
@@ -106,8 +107,12 @@ def train(
         with Progress(TextColumn(f"[bold]train {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=as_json or not sys.stderr.isatty(), transient=True) as bar:
             task = bar.add_task("steps", total=None)
-            expert = train_expert(name, datasets, encoder, config, "multitask" if multitask else None,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+            try:
+                expert = train_expert(name, datasets, encoder, config, "multitask" if multitask else None,
+                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
+            except ExpertRejectedError as error:
+                registry.record_rejection(name, {"message": str(error), **error.report})
+                raise
         info = registry.add(expert, overwrite=overwrite)
     except (ExpertRAGError, typer.BadParameter) as error:
         _fail(error)

@@ -38,11 +38,12 @@ from expertrag.retrievers.experts import (
     TrainingData,
     load_beir_training_data,
     pseudo_query,
+    pseudo_query_training_data,
     train_expert,
     vector_index_search,
 )
 from expertrag.retrievers.experts.adapter import encode_with
-from expertrag.retrievers.experts.data import collection_training_data
+from expertrag.retrievers.experts.data import collection_training_data, document_text, inverse_cloze_pair
 from expertrag.retrievers.vector_index import VectorIndex
 
 DOMAINS = {
@@ -340,8 +341,10 @@ def test_router_falls_back_for_missing_fixed_or_multitask(registry_root, encoder
     with caplog.at_level(logging.WARNING, logger="expertrag"):
         fixed = router.route(["fox"], "fixed:nothing")[0]
         multitask = router.route(["fox"], "multitask")[0]
-    assert fixed.expert == BASE_EXPERT and "not available" in fixed.reason
-    assert multitask.expert == BASE_EXPERT and "no multitask expert" in multitask.reason
+    assert fixed.expert == BASE_EXPERT
+    assert "not available" in fixed.reason
+    assert multitask.expert == BASE_EXPERT
+    assert "no multitask expert" in multitask.reason
     assert "falls back to the base encoder" in caplog.text
 
 
@@ -360,11 +363,14 @@ def test_router_skips_corrupt_and_missing_adapters(registry_copy, domains, encod
 
 
 def test_router_rebuilds_pilots_after_removal(registry_copy, encoder):
-    RouterRetriever(registry_copy, encoder).library()
+    router = RouterRetriever(registry_copy, encoder)
+    assert router.library().centroid_experts == ["animals", "vehicles"]
     registry_copy.remove("vehicles")
-    library = RouterRetriever(registry_copy, encoder).library()
+    router.reload()
+    library = router.library()
     assert set(library.pilot_experts) <= {"animals", BASE_EXPERT}
     assert library.centroid_experts == ["animals"]
+    assert router.domain_experts == ["animals"]
 
 
 # Bad input and pseudo-queries
@@ -400,7 +406,9 @@ def test_training_data_rejects_unknown_documents(tmp_path, encoder):
         load_beir_training_data(folder, "train", encoder)
     message = str(caught.value)
     assert str(folder / "qrels" / "train.tsv") in message
-    assert "d10" in message and "d9" in message and "2 documents" in message
+    assert "d10" in message
+    assert "d9" in message
+    assert "2 documents" in message
 
 
 def test_training_data_rejects_unknown_queries(tmp_path, encoder):
@@ -439,6 +447,27 @@ def test_pseudo_queries():
         pseudo_query(titled, "summary")  # type: ignore[arg-type]
 
 
+def test_inverse_cloze_pairs():
+    document = Document(doc_id="1", title="Wing flutter", text="Wing flutter\n\nWe built a model wing. "
+                        "The wing fluttered at high speed in the tunnel. Damping removed the flutter entirely.")
+    query, rest = inverse_cloze_pair(document, np.random.default_rng(0))
+    assert query in document.text
+    assert query not in rest
+    assert rest.startswith("Wing flutter ")
+    assert len(rest.split()) + len(query.split()) == len(document_text(document).split())
+    assert inverse_cloze_pair(Document(doc_id="2", text="One short sentence."), np.random.default_rng(0)) is None
+
+
+def test_inverse_cloze_training_data_replaces_vectors(tmp_path, encoder):
+    documents = [Document(doc_id=str(i), text=f"Topic {i} starts here with words. It goes on for a while now. "
+                          f"It ends with number {i} at last.") for i in range(4)]
+    data = pseudo_query_training_data("ict", documents, encoder, "ict", max_queries=2, seed=0, cache_dir=tmp_path)
+    full = encoder.encode([document_text(d) for d in documents])
+    changed = [row for row in range(4) if not np.allclose(data.unit_vectors[row], full[row], atol=1e-5)]
+    assert len(data.qrels) == 2
+    assert sorted(changed) == sorted(int(q.split(":")[1]) for q in data.qrels)
+
+
 # Command line
 
 
@@ -464,12 +493,13 @@ def test_cli_train_list_show_route_remove(tmp_path, domains, monkeypatch):
     listed = json.loads(runner.invoke(experts_app, ["list", "--experts-dir", str(root), "--json"]).stdout)
     assert [row["name"] for row in listed] == ["animals"]
 
-    shown = json.loads(runner.invoke(experts_app, ["show", "animals", "--experts-dir", str(root)]).stdout)
-    assert shown["domains"][0]["source"]["kind"] == "qrels"
-    assert len(shown["data_sha256"]) == 64
+    metadata = json.loads(runner.invoke(experts_app, ["show", "animals", "--experts-dir", str(root)]).stdout)
+    assert metadata["domains"][0]["source"]["kind"] == "qrels"
+    assert len(metadata["data_sha256"]) == 64
 
     again = runner.invoke(experts_app, ["train", "--data", str(folder), "--experts-dir", str(root)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2
+    assert "already exists" in again.output
 
     routed = runner.invoke(experts_app, ["route", data.queries["q-animals-0"], "--experts-dir", str(root)])
     assert routed.exit_code == 0, routed.output
@@ -478,7 +508,15 @@ def test_cli_train_list_show_route_remove(tmp_path, domains, monkeypatch):
     removed = runner.invoke(experts_app, ["remove", "animals", "--experts-dir", str(root)])
     assert removed.exit_code == 0
     missing = runner.invoke(experts_app, ["show", "animals", "--experts-dir", str(root)])
-    assert missing.exit_code == 2 and "not found" in missing.output
+    assert missing.exit_code == 2
+    assert "not found" in missing.output
+
+    rejected = runner.invoke(experts_app, ["train", "--data", str(folder), "--experts-dir", str(root), "--epochs", "1",
+                                           "--batch-size", "16", "--min-gain", "5"])
+    assert rejected.exit_code == 2
+    assert "was not registered" in rejected.output
+    assert "animals" not in ExpertRegistry(root).names()
+    assert "validation_ndcg@10" in ExpertRegistry(root).rejections()["animals"]
 
 
 # Evaluation table

@@ -170,18 +170,13 @@ def parse_plan(entries: list[str]) -> dict[str, dict[str, str]]:
     return plan
 
 
-def read_rejections(registry: ExpertRegistry) -> dict[str, Any]:
-    """Return the experts that training rejected, as recorded in ``<registry>/_rejections.json``."""
-    path = registry.root / "_rejections.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def train_missing_experts(registry: ExpertRegistry, datasets: list[str], settings: Settings, encoder: Encoder,
                           plan: dict[str, dict[str, str]], pseudo_method: str, max_pseudo_queries: int, epochs: int,
                           multitask_queries_per_domain: int) -> dict[str, Any]:
     """Train the planned experts that are not registered, then the multitask expert; return the rejections.
 
-    Rejected experts are recorded in ``<registry>/_rejections.json`` and not retrained on a later run.
+    Rejected experts are recorded with :meth:`ExpertRegistry.record_rejection` and not retrained
+    on a later run.
     """
     from expertrag.retrievers.experts import (
         ExpertRejectedError,
@@ -192,10 +187,9 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
         train_expert,
     )
 
-    rejections_path = registry.root / "_rejections.json"
-    rejections = read_rejections(registry)
-    for name in datasets:
-        entry = plan.get(name)
+    rejections = registry.rejections()
+    for name in [name for name in plan if name in datasets]:
+        entry = plan[name]
         if entry is None or name in registry.names() or name in rejections:
             continue
         folder = settings.data_dir / name
@@ -208,8 +202,7 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
             registry.add(train_expert(name, data, encoder, TrainingConfig(epochs=epochs, device=settings.device)))
         except ExpertRejectedError as error:
             logger.warning("%s", error)
-            rejections[name] = {"message": str(error), "training_queries": len(data.qrels), **error.report}
-            atomic_write_bytes(rejections_path, json.dumps(rejections, indent=2).encode("utf-8"))
+            registry.record_rejection(name, {"message": str(error), **error.report})
 
     if "multitask" not in registry.names() and "multitask" not in rejections:
         domains = [d for info in registry.list() if info.kind == "domain" for d in registry.load_domains(info.name)]
@@ -219,9 +212,8 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
                 registry.add(train_expert("multitask", domains, encoder, config, kind="multitask"))
             except ExpertRejectedError as error:
                 logger.warning("%s", error)
-                rejections["multitask"] = {"message": str(error), **error.report}
-                atomic_write_bytes(rejections_path, json.dumps(rejections, indent=2).encode("utf-8"))
-    return rejections
+                registry.record_rejection("multitask", {"message": str(error), **error.report})
+    return registry.rejections()
 
 
 def build_table(datasets: list[str], registry: ExpertRegistry, settings: Settings, encoder: Encoder,
@@ -336,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         train_missing_experts(registry, [d.partition(":")[0] for d in args.datasets], settings, encoder, plan,
                               args.pseudo_method, args.max_pseudo_queries, args.epochs, args.multitask_queries_per_domain)
     table = build_table(args.datasets, registry, settings, encoder, args.aggregate)
-    table["rejected"] = read_rejections(registry)
+    table["rejected"] = registry.rejections()
     command = "python -m expertrag.eval.router_table " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     paths = write_table(table, args.out, args.name, command)
     print(f"Wrote {paths[0]} and {paths[1]}")

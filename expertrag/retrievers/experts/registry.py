@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from expertrag.atomic import atomic_write_bytes
 from expertrag.retrievers.experts.adapter import BASE_EXPERT, CONFIG_FILE, WEIGHTS_FILE, LoraWeights
 from expertrag.retrievers.experts.data import TrainingData
 from expertrag.retrievers.experts.errors import AdapterLoadError, ExpertError, ExpertNotFoundError
@@ -35,6 +36,7 @@ from expertrag.retrievers.experts.training import TrainedExpert
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "expert.json"
+REJECTIONS_FILE = "_rejections.json"
 QUERIES_FILE = "queries.jsonl"
 UNITS_FOLDER = "units"
 FORMAT_VERSION = 1
@@ -251,6 +253,26 @@ class ExpertRegistry:
             "files": [CONFIG_FILE, WEIGHTS_FILE, QUERIES_FILE],
         }
         (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    def record_rejection(self, name: str, report: dict[str, Any]) -> None:
+        """Store why training rejected an expert in ``<root>/_rejections.json``, replacing an older record."""
+        path = self.root / REJECTIONS_FILE
+        records = self.rejections()
+        records[name] = {**report, "recorded_at": time.time()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(records, indent=2, default=str).encode("utf-8"))
+
+    def rejections(self) -> dict[str, Any]:
+        """Return {name: report} of the experts that training rejected; an unreadable file counts as none."""
+        path = self.root / REJECTIONS_FILE
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            logger.warning("Ignoring unreadable %s: %s", path, error)
+            return {}
+        return records if isinstance(records, dict) else {}
 
     def remove(self, name: str) -> None:
         """Delete an expert's folder; the other experts are untouched.

@@ -114,7 +114,7 @@ class RouterRetriever:
         if representation not in REPRESENTATIONS:
             raise InputError(f"Unknown routing representation {representation!r}: use {' or '.join(REPRESENTATIONS)}")
         if aggregate not in AGGREGATES:
-            raise InputError(f"Unknown pilot aggregate {aggregate!r}: use {' or '.join(AGGREGATES)}")
+            raise InputError(f"Unknown pilot aggregate {aggregate!r}: use {', '.join(AGGREGATES)}")
         self.registry = registry
         self.encoder = encoder
         self.strategy = strategy
@@ -130,6 +130,14 @@ class RouterRetriever:
         self._library: PilotLibrary | None = None
         self._lock = threading.Lock()
         self._load_experts()
+
+    def reload(self) -> None:
+        """Read the registry again, so experts added or removed since construction take effect."""
+        with self._lock:
+            self.encoders = ExpertEncoders(self.encoder)
+            self.experts = {}
+            self._library = None
+            self._load_experts()
 
     def _load_experts(self) -> None:
         for info in self.registry.list():
