@@ -35,7 +35,7 @@ class VectorIndex:
         exact_max: int = 200_000,
         hnsw_m: int = 32,
         ef_construction: int = 200,
-        ef_search: int = 128,
+        ef_search: int = 256,
     ) -> "VectorIndex":
         """Build an exact index, or HNSW when there are more than ``exact_max`` vectors."""
         import faiss
