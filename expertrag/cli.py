@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
+from expertrag.cli_experts import experts_app
+from expertrag.cli_common import fail as _fail
+from expertrag.cli_common import print_json as _print_json
 from expertrag.errors import ExpertRAGError
 from expertrag.logging_config import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and knowledge-graph augmented generation.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answering quality.")
 app.add_typer(eval_app, name="eval")
+app.add_typer(experts_app, name="experts")
 
 KB_OPTION = typer.Option(Path("kb"), "--kb", help="Knowledge base folder.", envvar="EXPERTRAG_KB")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
@@ -25,17 +29,10 @@ NEO4J_PASSWORD_OPTION = typer.Option(None, "--neo4j-password", envvar="EXPERTRAG
 RETRIEVER_OPTION = typer.Option("hybrid", "--retriever", help="dense, bm25, hybrid (dense + BM25 fusion) or graph.")
 
 
-def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {error}", err=True)
-    raise typer.Exit(code=2)
-
 
 def _escape_cell(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 @app.command()

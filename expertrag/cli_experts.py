@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from expertrag.cli_common import fail as _fail
+from expertrag.cli_common import print_json as _print_json
 from expertrag.errors import ExpertRAGError
 from expertrag.logging_config import configure_logging
 
@@ -20,13 +21,6 @@ JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON in
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level to stderr.")
 
 
-def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {error}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def _experts_root(kb: Path, experts_dir: Optional[Path]) -> Path:
