@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--aggregate", default="weighted", help="Pilot aggregate: weighted, mean or max.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="router_table")
+    parser.add_argument("--regenerate", help="Command recorded as the way to regenerate the table (default: this one).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
                               args.pseudo_method, args.max_pseudo_queries, args.epochs, args.multitask_queries_per_domain)
     table = build_table(args.datasets, registry, settings, encoder, args.aggregate)
     table["rejected"] = registry.rejections()
-    command = "python -m expertrag.eval.router_table " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = args.regenerate or "python -m expertrag.eval.router_table " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]))
     paths = write_table(table, args.out, args.name, command)
     print(f"Wrote {paths[0]} and {paths[1]}")
 

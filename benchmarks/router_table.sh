@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train the experts of the router table and write benchmarks/results/router_table.{json,md}.
+#
+# Step 1 trains the experts that have real training queries (6 epochs per recipe); step 2
+# trains the pseudo-query experts of EXPERT_PLAN in expertrag/eval/router_table.py and the
+# multitask expert (4 epochs per recipe), then scores every dataset. Experts that already
+# exist in the experts folder, or were rejected before, are not trained again.
+# On 2 shared CPU cores the whole run took about an hour (training about 45 minutes).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${EXPERTRAG_DATA_DIR:-$ROOT/../shared/data}"
+EXPERTS="${EXPERTS_DIR:-$ROOT/.router_experts}"
+PYTHON="${PYTHON:-python}"
+export HF_HUB_OFFLINE=1
+
+for spec in scifact:train nfcorpus:dev hotpotqa:train musique:train; do
+    name="${spec%%:*}"
+    split="${spec##*:}"
+    if [ -d "$EXPERTS/$name" ]; then
+        continue
+    fi
+    # A rejected expert exits with code 2 and is recorded in $EXPERTS/_rejections.json.
+    "$PYTHON" -m expertrag.cli_experts train "$name" --data "$DATA/$name" --split "$split" \
+        --experts-dir "$EXPERTS" --epochs 6 --json || [ $? -eq 2 ]
+done
+
+"$PYTHON" -m expertrag.eval.router_table --experts-dir "$EXPERTS" --train-missing --pseudo-method auto \
+    --max-pseudo-queries 300 --epochs 4 --regenerate "bash benchmarks/router_table.sh" \
+    --datasets scifact nfcorpus climate_fever mtrag_clapnq mtrag_cloud mtrag_govt cranfield cisi medline cacm \
+    npl lisa adi hotpotqa musique
