@@ -6,7 +6,7 @@
 #
 #   1. On the CPU machine, in the repository root:
 #        bash benchmarks/gpu_check.sh prepare
-#      This writes .gpu_check/ (listed in .git/info/exclude). It holds the base encoder saved in
+#      This writes .gpu_check/ (listed in .git/info/exclude). It contains the base encoder saved in
 #      float16 (about 45 MB; the float32 folder alone exceeds the 64 MiB that the device tool
 #      carries), SciFact as a .tar.gz, and a pytrec-eval-terrier wheel for CPython 3.12, which
 #      the GPU image lacks.

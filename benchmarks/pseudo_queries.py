@@ -37,8 +37,6 @@ from expertrag.eval.embedding_cache import encode_cached
 from expertrag.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 DEFAULT_RUNS = ["scifact:title", "scifact:first-sentence", "nfcorpus:first-sentence",
                 "cranfield:title", "cranfield:first-sentence"]
 
@@ -57,6 +55,8 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
     encoder = Encoder.shared(settings.encoder, settings.device, settings.encode_batch_size)
     rows = []

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Train the experts of the router table and write benchmarks/results/router_table.{json,md}.
 #
-# Step 1 trains the experts that have real training queries (6 epochs per recipe); step 2
+# Step 1 trains the experts that have real training queries (6 epochs per recipe). Step 2
 # trains the pseudo-query experts of EXPERT_PLAN in expertrag/eval/router_table.py and the
 # multitask expert (4 epochs per recipe), then scores every dataset. Experts that already
 # exist in the experts folder, or were rejected before, are not trained again.
-# On 2 shared CPU cores the whole run took about an hour (training about 45 minutes).
+# Measured once on 2 shared CPU cores (load average 1-6): about 80 minutes of wall time, of which
+# expert training took about 50 minutes; most corpus embeddings were already cached.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -101,7 +101,7 @@ def seen_positive_split(router: RouterRetriever, dataset: BeirDataset) -> dict[s
 
 
 def evaluate_dataset(folder: Path, split: str, routers: dict[str, RouterRetriever], settings: Settings) -> dict[str, Any]:
-    """Score every column of the table on one dataset; ``routers["static"]`` provides the experts."""
+    """Score every column of the table on one dataset. The experts come from ``routers["static"]``."""
     started = time.perf_counter()
     router = routers["static"]
     encoder = router.encoder
@@ -260,34 +260,59 @@ def write_table(table: dict[str, Any], out: Path, name: str, command: str) -> tu
     table = {**table, "command": command}
     json_path, markdown_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_bytes(json_path, (json.dumps(table, indent=2) + "\n").encode("utf-8"))
-    columns = [c for c in table["columns"] if c != "oracle (per query)"]
-    header = ["dataset", *columns]
+
+    qrels_splits = sorted({row["split"] for row in table["rows"]})
     lines = ["# nDCG@10 of BM25, the base encoder, each expert and the router", "",
              f"Regenerate: `{command}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"Base encoder {table['encoder']}, one vector per document (title + text), exact search over each "
+             f"dataset's documents; qrels split {', '.join(qrels_splits)}. Expert columns apply one expert to every "
+             f"dataset. Pilot routing uses the {table['pilots']['aggregate']} aggregate over pilot embeddings; the "
+             "oracle is the best of the base encoder and the domain experts per dataset.", ""]
+    lines += _score_lines(table)
+    lines += ["", *summary_lines(table), "", "Routing decisions of the pilot router (static representation) per dataset:", ""]
+    lines += [f"- {row['dataset']}: {row['routing'].get('pilot', {})}" for row in table["rows"]]
+    lines += _positive_split_lines(table)
+    lines += _expert_lines(table)
+    atomic_write_bytes(markdown_path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return json_path, markdown_path
+
+
+def _score_lines(table: dict[str, Any]) -> list[str]:
+    """The nDCG@10 table with each row's best column in bold and the mean row last."""
+    columns = [c for c in table["columns"] if c != "oracle (per query)"]
+    header = ["dataset", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["rows"]:
-        best = max(row["ndcg@10"][c] for c in columns if c != "oracle")
-        cells = [f"**{row['ndcg@10'][c]:.4f}**" if row["ndcg@10"][c] == best else f"{row['ndcg@10'][c]:.4f}" for c in columns]
+        scores = row["ndcg@10"]
+        best = max(scores[c] for c in columns if c != "oracle")
+        cells = [f"**{scores[c]:.4f}**" if scores[c] == best else f"{scores[c]:.4f}" for c in columns]
         lines.append(f"| {row['dataset']} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"{table['mean'][c]:.4f}" for c in columns) + " |")
-    lines += ["", *summary_lines(table), "", "Routing decisions of the pilot router (static representation) per dataset:", ""]
-    for row in table["rows"]:
-        lines.append(f"- {row['dataset']}: {row['routing'].get('pilot', {})}")
-    splits = [row for row in table["rows"] if "training_positive_split" in row]
-    if splits:
-        lines += ["", "Test queries split by whether a relevant document was a training positive of the dataset's "
-                  "own expert (a gain only on `seen` is a document prior):", "",
-                  "| dataset | part | queries | base | own expert | pilot |", "|---|---|---|---|---|---|"]
-        for row in splits:
-            split = row["training_positive_split"]
-            for part in ("seen", "unseen"):
-                values = split[part]
-                if not values["queries"]:
-                    continue
+    return lines
+
+
+def _positive_split_lines(table: dict[str, Any]) -> list[str]:
+    """nDCG@10 on test queries with and without a relevant document among the own expert's training positives."""
+    rows = [row for row in table["rows"] if "training_positive_split" in row]
+    if not rows:
+        return []
+    lines = ["", "Test queries split by whether a relevant document was a training positive of the dataset's "
+             "own expert (a gain only on `seen` is a document prior):", "",
+             "| dataset | part | queries | base | own expert | pilot |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        split = row["training_positive_split"]
+        for part in ("seen", "unseen"):
+            values = split[part]
+            if values["queries"]:
                 lines.append(f"| {row['dataset']} | {part} | {values['queries']} | {values[BASE_EXPERT]:.4f} | "
                              f"{values[split['expert']]:.4f} | {values['pilot']:.4f} |")
-    lines += ["", "| expert | kind | training queries | validation base | validation expert | recipe | epochs | training s |",
-              "|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _expert_lines(table: dict[str, Any]) -> list[str]:
+    """Validation scores and CPU training time of every registered and every rejected expert."""
+    lines = ["", "| expert | kind | training queries | validation base | validation expert | recipe | epochs | training s |",
+             "|---|---|---|---|---|---|---|---|"]
     for expert_name, info in table["experts"].items():
         validation = info.get("validation_ndcg@10") or {}
         lines.append(f"| {expert_name} | {info['kind']} | {info['training_queries']} | {validation.get('base')} | "
@@ -298,8 +323,7 @@ def write_table(table: dict[str, Any], out: Path, name: str, command: str) -> tu
         lines.append(f"| {expert_name} | rejected | {rejection.get('training_queries')} | {validation.get('base')} | "
                      f"{validation.get('expert')} | {rejection.get('chosen_recipe')} | {rejection.get('chosen_epochs')} | "
                      f"{rejection.get('training_seconds')} |")
-    atomic_write_bytes(markdown_path, ("\n".join(lines) + "\n").encode("utf-8"))
-    return json_path, markdown_path
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,9 @@
 """Training data of an expert: queries, their relevant documents, and the collection's base vectors.
 
-Data comes from a BEIR folder's training qrels or, when a collection has no training
-queries, from pseudo-queries cut from its own documents: a title or a first sentence
-paired with its document, or (``ict``, the inverse cloze task) a sentence paired with the
-vector of its document re-encoded without that sentence.
+Data comes from a BEIR folder's training qrels. A collection without training queries gets
+pseudo-queries cut from its own documents instead: a title or a first sentence paired with
+its document, or (``ict``, the inverse cloze task) a sentence paired with its document
+re-encoded without that sentence.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ candidate's pilots as the paper does, ``weighted`` weights each pilot by its num
 queries, and ``max`` takes the nearest pilot.
 
 ``weighted`` is the default because an unweighted mean lets a pilot of 3 queries count as
-much as one of 100: on the toy domains of the tests, an expert that won 3 queries of the
-other domain lost a quarter of its own held-out queries to the base encoder under ``mean``.
+much as one of 100.
 """
 
 from __future__ import annotations

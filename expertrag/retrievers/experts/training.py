@@ -7,8 +7,8 @@ cross-entropy over scaled cosine similarities. Each query's document competes wi
 other queries' documents in the batch (in-batch negatives). Recipes with hard negatives
 add documents sampled from the base encoder's ranking of the collection.
 
-Every recipe trains from the same seed; after each epoch the adapter is scored on a held
-out validation slice of the queries, and the best (recipe, epoch) wins. An expert that
+Every recipe trains from the same seed. After each epoch the adapter is scored on a held-out
+validation slice of the queries, and the best (recipe, epoch) wins. An expert that
 does not beat the base encoder on validation raises :class:`ExpertRejectedError`.
 """
 
