@@ -34,7 +34,7 @@ class KnowledgeBaseNotFoundError(KnowledgeBaseError):
 
 
 class EmptyKnowledgeBaseError(KnowledgeBaseError):
-    """The knowledge base (or the requested collection) holds no chunks yet."""
+    """The knowledge base (or the requested collection) contains no chunks yet."""
 
 
 class CollectionNotFoundError(KnowledgeBaseError):

@@ -97,7 +97,7 @@ class Relation:
 
 @dataclass
 class Extraction:
-    """What an extractor found in one chunk."""
+    """The entities, mentions and relations an extractor found in one text."""
 
     entities: list[Entity] = field(default_factory=list)
     mentions: list[Mention] = field(default_factory=list)

@@ -30,7 +30,6 @@ from expertrag.retrievers.experts import (
     ExpertEncoders,
     ExpertRegistry,
     ExpertRejectedError,
-    LoraWeights,
     Recipe,
     RouterRetriever,
     TrainedExpert,

@@ -114,7 +114,7 @@ def test_document_parse_assigns_mentions_to_every_containing_chunk(extractor: Sp
         assert chunk.start <= relation.start < relation.end <= chunk.end
 
 
-def test_document_and_chunk_parses_agree_on_a_single_chunk(extractor: SpacyExtractor) -> None:
+def test_document_and_chunk_parses_agree(extractor: SpacyExtractor) -> None:
     text = "Alexander Fleming discovered penicillin in London."
     chunk = make_chunk(text)
     whole = extractor.extract_documents([text], [[chunk]])[0]

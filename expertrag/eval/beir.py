@@ -100,7 +100,7 @@ class BeirEvaluator:
         self._bm25_run: dict[str, dict[str, float]] | None = None
 
     def _units(self) -> tuple[list[str], list[str]]:
-        """The searchable units and the document each belongs to."""
+        """Return the searchable texts and the id of the document each belongs to."""
         if self.granularity == "document":
             return ([d.doc_id for d in self.dataset.documents],
                     [f"{d.title} {d.text[len(d.title):].strip()}".strip() if d.title else d.text for d in self.dataset.documents])

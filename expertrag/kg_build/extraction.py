@@ -156,7 +156,7 @@ class SpacyExtractor:
 
 
 def _containing(chunks: list[Chunk], start: int, end: int) -> list[Chunk]:
-    """The chunks that contain [start, end), or else the chunk where it starts (a span across a chunk border)."""
+    """Return the chunks that contain [start, end), or else the chunk where it starts (a span across a chunk border)."""
     inside = [chunk for chunk in chunks if chunk.start <= start and end <= chunk.end]
     if inside:
         return inside
@@ -174,7 +174,7 @@ def _merge(extractions: list[Extraction]) -> Extraction:
 
 
 def _entity_of(token: Any, token_entity: dict[int, tuple[Any, Entity]]) -> tuple[Any, Entity] | None:
-    """The entity that holds ``token``, or the one that holds the head of its conjunction or compound."""
+    """Return the entity that contains ``token``, or the one that contains a compound or modifier child of it."""
     if token.i in token_entity:
         return token_entity[token.i]
     for child in token.children:

@@ -102,7 +102,7 @@ class JsonlLoader(CorpusLoader):
 
         doc_id = record.get(self.id_field)
         if doc_id is None or str(doc_id).strip() == "":
-            raise CorpusFormatError(source, line_number, f"Missing document id field {self.id_field!r}", "Set --id-field to the field that holds the id")
+            raise CorpusFormatError(source, line_number, f"Missing document id field {self.id_field!r}", "Set --id-field to the field that contains the id")
         title = record.get(self.title_field, "") if self.title_field else ""
         body = record.get(self.text_field, "")
         if not isinstance(title, str) or not isinstance(body, (str, type(None))):
@@ -133,7 +133,7 @@ class TextFolderLoader(CorpusLoader):
     def _documents(self) -> Iterator[Document]:
         files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if not files:
-            raise CorpusFormatError(str(self.path), None, "No .txt or .md files found", "Point to a folder that holds text files")
+            raise CorpusFormatError(str(self.path), None, "No .txt or .md files found", "Point to a folder that contains .txt or .md files")
         for file in files:
             try:
                 yield self._read(file)

@@ -75,7 +75,7 @@ class IngestionPipeline:
         report.documents_skipped = len(loader.skipped)
         report.errors = [str(error) for error in loader.skipped]
         if report.documents_seen == 0:
-            raise CorpusFormatError(str(loader.path), None, "The corpus holds no usable document")
+            raise CorpusFormatError(str(loader.path), None, "The corpus contains no usable document")
         logger.info(
             "Ingesting %d of %d documents from %s into collection %r (%d unchanged, %d skipped)",
             len(pending_ids), report.documents_seen, loader.path, collection,
@@ -99,7 +99,8 @@ class IngestionPipeline:
                 report.relations_added += sum(len(item.extraction.relations) for item in items)
                 if progress:
                     progress(done, len(pending_ids))
-                if done == len(pending_ids) or (done // len(batch)) % 20 == 0:
+                batches_done = -(-done // self.batch_documents)
+                if done == len(pending_ids) or batches_done % 20 == 0:
                     logger.info("Stored %d of %d documents (%.1f documents/s)", done, len(pending_ids),
                                 done / (time.perf_counter() - started))
             status = "completed"

@@ -97,7 +97,7 @@ class VectorIndex:
 
 
 def _to_gpu_if_available(index: object) -> object:
-    """Move a flat index to GPU 0 when the GPU build of FAISS sees one; HNSW stays on the CPU."""
+    """Move a flat index to GPU 0 when the GPU build of FAISS finds a GPU; HNSW stays on the CPU."""
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
