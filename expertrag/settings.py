@@ -85,6 +85,22 @@ class Settings(BaseSettings):
     llm_context_tokens: int = Field(default=4096, ge=512)
     llm_max_tokens: int = Field(default=256, ge=8)
     llm_threads: int | None = Field(default=None, description="CPU threads for llama-cpp; None uses all.")
-    llm_timeout_s: float = Field(default=120.0, gt=0)
-    llm_retries: int = Field(default=2, ge=0)
+    llm_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="Seconds one LLM request may take: per HTTP attempt for openai, per generation for llama-cpp.",
+    )
+    llm_retries: int = Field(default=2, ge=0, description="Extra attempts after a failed HTTP request (openai only).")
     llm_seed: int = 0
+
+    # Communities (GraphRAG-style global mode) and PIKE-RAG decomposition
+    community_resolution: float = Field(default=1.0, gt=0, description="Leiden modularity resolution; higher gives smaller communities.")
+    community_max_levels: int = Field(default=3, ge=1, le=5, description="Levels of the community hierarchy, coarsest first.")
+    community_split_size: int = Field(default=40, ge=4, description="Communities with more entities than this are split one level down.")
+    community_min_size: int = Field(default=3, ge=2, description="Smaller groups of entities are not kept as communities.")
+    community_relation_weight: float = Field(
+        default=1.0, ge=0, description="Edge weight of a relation per supporting chunk; a co-mention adds 1/(entities in the chunk - 1)."
+    )
+    community_seed: int = 0
+    global_max_communities: int = Field(default=6, ge=1, description="Community summaries sent to the LLM (map calls) per global question.")
+    global_reduce_answers: int = Field(default=4, ge=1, description="Best partial answers the reduce step combines.")
+    pike_max_sub_questions: int = Field(default=4, ge=1, le=10, description="Sub-questions a PIKE question is split into at most.")
