@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from expertrag.cli_communities import communities_app
 from expertrag.cli_experts import experts_app
 from expertrag.cli_common import fail as _fail
 from expertrag.cli_common import print_json as _print_json
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval an
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answering quality.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(experts_app, name="experts")
+app.add_typer(communities_app, name="communities")
 
 KB_OPTION = typer.Option(Path("kb"), "--kb", help="Knowledge base folder.", envvar="EXPERTRAG_KB")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
@@ -314,6 +316,27 @@ def eval_beir(
         m = result.metrics
         typer.echo(f"{result.dataset:<16}{result.retriever:<10}{result.granularity:<16}"
                    f"{m['ndcg@10']:>9.4f}{m['recall@100']:>8.4f}{m['mrr@10']:>8.4f}{result.queries:>9}")
+
+
+@eval_app.command("extraction")
+def eval_extraction(
+    dataset_dir: Path = typer.Argument(..., help="Extraction data set folder: conll04, scierc, biored, redocred or webnlg2020_text2rdf."),
+    extractor: str = typer.Option("spacy-rules", "--extractor", help="spacy-rules, spacy-rules-v1 (the first rule set) or llm."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records of the split."),
+    split: str = typer.Option("test", help="Split to read: <split>.jsonl in the data set folder."),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="Schema file mapping labels (default: the bundled file of the data set)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores with per-type values as JSON here."),
+    as_json: bool = JSON_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Print entity and relation precision, recall and F1 (strict and relaxed, per type) and documents/s."""
+    from expertrag.eval.extraction_cli import run_extraction_command
+
+    configure_logging(verbose)
+    try:
+        run_extraction_command(dataset_dir, extractor, limit, split, schema, out, as_json)
+    except (ExpertRAGError, ValueError) as error:
+        _fail(error)
 
 
 @app.command()
