@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from expertrag.cli_communities import communities_app
 from expertrag.cli_experts import experts_app
 from expertrag.cli_common import fail as _fail
 from expertrag.cli_common import print_json as _print_json
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval an
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answering quality.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(experts_app, name="experts")
+app.add_typer(communities_app, name="communities")
 
 KB_OPTION = typer.Option(Path("kb"), "--kb", help="Knowledge base folder.", envvar="EXPERTRAG_KB")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
