@@ -57,6 +57,10 @@ class Answer:
     facts: list[Fact] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sub_questions: list[dict[str, Any]] = field(default_factory=list)
+    """PIKE mode: each sub-question with its ``question``, ``answer``, ``found`` and ``citations``."""
+    communities: list[dict[str, Any]] = field(default_factory=list)
+    """Global mode: the communities whose summaries were used, with their partial answers and scores."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the answer as a JSON-ready dict."""
@@ -132,9 +136,13 @@ class Answerer:
 
     @staticmethod
     def _cite(number: int, hit: Hit, question: str, answer: str) -> Citation:
-        """Cite the sentence of ``hit`` that shares most content words with the answer and question."""
-        evidence_words = content_words(answer) | content_words(question)
-        spans = split_sentences(hit.text) or [(0, len(hit.text))]
-        start, end = max(spans, key=lambda span: len(evidence_words & content_words(hit.text[span[0]:span[1]])))
-        return Citation(number, hit.chunk_id, hit.doc_id, hit.collection, hit.start + start, hit.start + end,
-                        hit.text[start:end])
+        return cite_sentence(number, hit, question, answer)
+
+
+def cite_sentence(number: int, hit: Hit, question: str, answer: str) -> Citation:
+    """Cite the sentence of ``hit`` that shares most content words with the answer and question."""
+    evidence_words = content_words(answer) | content_words(question)
+    spans = split_sentences(hit.text) or [(0, len(hit.text))]
+    start, end = max(spans, key=lambda span: len(evidence_words & content_words(hit.text[span[0]:span[1]])))
+    return Citation(number, hit.chunk_id, hit.doc_id, hit.collection, hit.start + start, hit.start + end,
+                    hit.text[start:end])
