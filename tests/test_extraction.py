@@ -121,3 +121,80 @@ def test_document_and_chunk_parses_agree(extractor: SpacyExtractor) -> None:
     alone = extractor.extract([chunk])[0]
     assert whole.mentions == alone.mentions
     assert whole.relations == alone.relations
+
+
+def triples_of(extractor: SpacyExtractor, text: str) -> set[tuple[str, str, str]]:
+    extraction = extractor.extract([make_chunk(text)])[0]
+    names = {e.entity_id: e.name for e in extraction.entities}
+    return {(names[r.subject_id], r.predicate, names[r.object_id]) for r in extraction.relations}
+
+
+def test_passive_agent_becomes_subject(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "The album was produced by Wharton Tiers.")
+    assert ("Wharton Tiers", "produce", "album") in triples
+    assert ("album", "produce_by", "Wharton Tiers") not in triples
+
+
+def test_passive_with_preposition_keeps_subject(extractor: SpacyExtractor) -> None:
+    assert ("Rihanna", "bear_in", "Barbados") in triples_of(extractor, "Rihanna was born in Barbados.")
+
+
+def test_apposition_with_relational_noun(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "John Smith, president of IBM, spoke on Monday.")
+    assert ("John Smith", "president_of", "IBM") in triples
+    assert ("John Smith", "be", "president") in triples
+
+
+def test_apposition_between_places(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "He grew up in Dallas, Texas.")
+    assert ("Dallas", "located_in", "Texas") in triples
+
+
+def test_copula_with_relational_noun(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Paris is the capital of France.")
+    assert ("Paris", "capital_of", "France") in triples
+    assert ("Paris", "be", "capital") in triples
+
+
+def test_copula_attribute_of_owner(extractor: SpacyExtractor) -> None:
+    assert ("Trane", "location", "Swords") in triples_of(extractor, "The location of Trane is Swords.")
+
+
+def test_relative_clause_subject_is_modified_noun(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Police arrested John Wilkes Booth, who killed Abraham Lincoln.")
+    assert ("John Wilkes Booth", "kill", "Abraham Lincoln") in triples
+
+
+def test_participle_with_agent(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Turn Me On is an album produced by Wharton Tiers.")
+    assert ("Wharton Tiers", "produce", "album") in triples
+
+
+def test_coordinated_subjects_each_get_relation(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Alexander Fleming and Howard Florey discovered penicillin.")
+    assert ("Alexander Fleming", "discover", "penicillin") in triples
+    assert ("Howard Florey", "discover", "penicillin") in triples
+
+
+def test_pronoun_resolves_to_earlier_person(extractor: SpacyExtractor) -> None:
+    text = "Rihanna was born in Barbados. She moved to New York."
+    extraction = extractor.extract([make_chunk(text)])[0]
+    names = {e.entity_id: e.name for e in extraction.entities}
+    moves = [r for r in extraction.relations if r.predicate == "move_to"]
+    assert [(names[r.subject_id], names[r.object_id]) for r in moves] == [("Rihanna", "New York")]
+    assert text[moves[0].start:moves[0].end].startswith("Rihanna")
+
+
+def test_pronoun_without_antecedent_is_dropped(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "She moved to New York.")
+    assert not any(obj == "New York" for _, _, obj in triples)
+
+
+def test_preposition_between_named_entities(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Lincoln was shot at the Ford Theatre in Washington.")
+    assert ("Ford Theatre", "located_in", "Washington") in triples
+
+
+def test_named_modifier_of_person(extractor: SpacyExtractor) -> None:
+    triples = triples_of(extractor, "Chevron's Jonathan Lifa declined to comment.")
+    assert ("Jonathan Lifa", "of", "Chevron") in triples

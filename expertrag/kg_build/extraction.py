@@ -1,9 +1,11 @@
-"""Rule-based extraction with spaCy: named entities, noun-chunk concepts and subject-verb-object relations.
+"""Rule-based extraction with spaCy: named entities, noun-chunk concepts and dependency-pattern relations.
 
-No LLM is involved. Entities are spaCy's named entities plus noun chunks (label
-``CONCEPT``); a relation joins the entities that hold a verb's subject and object,
-directly or through a preposition (``associated_with``). Every mention and relation
-keeps character offsets into its document.
+No LLM is involved. Entities are spaCy's named entities (without a leading article)
+plus noun chunks (label ``CONCEPT``). Relations come from dependency patterns: subject,
+verb and object (``associated_with`` through a preposition), passives, relative clauses,
+appositions, copulas and prepositions between named entities, with personal pronouns
+resolved inside the parsed text. Every mention and relation keeps character offsets
+into its document.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ CONCEPT = "CONCEPT"
 SKIPPED_LABELS = frozenset({"CARDINAL", "ORDINAL", "PERCENT", "QUANTITY", "MONEY", "TIME", "DATE"})
 SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
 OBJECT_DEPS = frozenset({"dobj", "attr", "oprd"})
+PLACE_LABELS = frozenset({"GPE", "LOC", "FAC"})
+# Prepositions that relate two named entities without a verb ("the company in Armonk").
+NOUN_PREPOSITIONS = frozenset({"in", "at", "of", "from", "for", "on", "with"})
+PERSON_PRONOUNS = frozenset({"he", "she", "him", "her", "his", "hers"})
+THING_PRONOUNS = frozenset({"it", "its"})
+# Sentences back in which a pronoun's antecedent is looked for.
+PRONOUN_WINDOW_SENTENCES = 2
 MAX_NAME_CHARS = 80
 # Single-word noun chunks that name the text itself (its sections and moves), not a domain concept.
 GENERIC_CONCEPTS = frozenset(
@@ -111,8 +120,12 @@ class SpacyExtractor:
         for ent in doc.ents:
             if ent.label_ in SKIPPED_LABELS or not _usable_name(ent.text):
                 continue
-            spans.append((ent, ent.label_))
-            taken.update(range(ent.start, ent.end))
+            # "the Ford Theatre" names the same thing as "Ford Theatre", and gold spans leave the article out.
+            span = _strip_determiners(ent)
+            if span is None:
+                continue
+            spans.append((span, ent.label_))
+            taken.update(range(span.start, span.end))
         for noun_chunk in doc.noun_chunks:
             span = _strip_determiners(noun_chunk)
             if span is None or span.root.pos_ == "PRON" or any(t.i in taken for t in span):
@@ -124,35 +137,196 @@ class SpacyExtractor:
         return spans
 
     def _relations(self, doc: Any, token_entity: dict[int, tuple[Any, Entity]]) -> list[tuple[str, str, str, int, int]]:
-        """(subject id, predicate, object id, start, end) of each subject-verb-object link, offsets in ``doc``."""
-        relations: list[tuple[str, str, str, int, int]] = []
+        """Return (subject id, predicate, object id, start, end) of each relation the patterns find, offsets in ``doc``.
+
+        The patterns are:
+
+        - a verb's subject with its object or prepositional object, with passives turned
+          active, so "X was shot by Y" gives (Y, shoot, X);
+        - relative clauses and participles, whose subject is the noun they modify;
+        - appositions and copulas, with the prepositional phrase of a relational noun, so
+          "X, president of Y" gives (X, president_of, Y);
+        - "the N of X is Y", which gives (X, N, Y);
+        - a preposition between two named entities ("the Ford Theatre in Washington");
+        - a named entity that modifies another ("Chevron's Jonathan Lifa").
+
+        Pronoun arguments resolve to an earlier entity (see ``_PronounResolver``).
+        """
+        resolver = _PronounResolver(doc, token_entity)
+        found: dict[tuple[str, str, str], tuple[str, str, str, int, int]] = {}
+
+        def add(subject: tuple[Any, Entity] | None, predicate: str, obj: tuple[Any, Entity] | None, anchor: Any) -> None:
+            if subject is None or obj is None or subject[1].entity_id == obj[1].entity_id:
+                return
+            start = min(subject[0].start_char, obj[0].start_char, anchor.idx)
+            end = max(subject[0].end_char, obj[0].end_char, anchor.idx + len(anchor.text))
+            key = (subject[1].entity_id, predicate, obj[1].entity_id)
+            found.setdefault(key, (*key, start, end))
+
         for token in doc:
-            if token.pos_ not in ("VERB", "AUX"):
+            if token.pos_ in ("VERB", "AUX"):
+                self._verb_relations(token, resolver, add)
+            elif token.dep_ == "appos":
+                self._apposition_relations(token, resolver, add)
+            if token.dep_ == "pobj" and token.head.dep_ == "prep" and token.head.head.pos_ in ("PROPN", "NOUN"):
+                self._noun_preposition_relation(token, token_entity, add)
+            elif token.dep_ in ("poss", "compound", "nmod"):
+                self._modifier_relation(token, token_entity, add)
+        return list(found.values())
+
+    @staticmethod
+    def _verb_relations(verb: Any, resolver: _PronounResolver, add: Any) -> None:
+        """Subject-verb-object links of one verb, with passives turned active and coordinated arguments expanded."""
+        lemma = verb.lemma_.lower()
+        subjects = [s for child in verb.children if child.dep_ == "nsubj" for s in _with_conjuncts(child)]
+        passive_subjects = [s for child in verb.children if child.dep_ == "nsubjpass" for s in _with_conjuncts(child)]
+        if verb.dep_ in ("relcl", "acl") and verb.head.pos_ in ("NOUN", "PROPN"):
+            # "Booth, who shot Lincoln" and "the album produced by Tiers": the clause's subject is the noun it modifies.
+            relative = [s for s in subjects + passive_subjects if s.tag_ in ("WP", "WDT") or s.lower_ == "that"]
+            if verb.dep_ == "acl" and verb.tag_ == "VBN" and not subjects and not passive_subjects:
+                passive_subjects = [verb.head]
+            elif relative:
+                subjects = [verb.head] if relative[0].dep_ == "nsubj" else subjects
+                passive_subjects = [verb.head] if relative[0].dep_ == "nsubjpass" else passive_subjects
+        if not subjects and not passive_subjects:
+            return
+
+        objects: list[tuple[str, Any]] = []
+        agents: list[Any] = []
+        for child in verb.children:
+            if child.dep_ in OBJECT_DEPS:
+                objects.extend((lemma, o) for o in _with_conjuncts(child))
+            elif child.dep_ == "agent":
+                agents.extend(o for grandchild in child.children if grandchild.dep_ == "pobj" for o in _with_conjuncts(grandchild))
+            elif child.dep_ == "prep":
+                for grandchild in child.children:
+                    if grandchild.dep_ == "pobj":
+                        objects.extend((f"{lemma}_{child.lower_}", o) for o in _with_conjuncts(grandchild))
+                    elif grandchild.dep_ == "pcomp" and grandchild.lower_ in ("of", "to"):
+                        # "because of", "due to": a two-word preposition.
+                        objects.extend((f"{lemma}_{child.lower_}_{grandchild.lower_}", o)
+                                       for great in grandchild.children if great.dep_ == "pobj" for o in _with_conjuncts(great))
+
+        for subject in subjects:
+            for predicate, obj in objects:
+                add(resolver.entity_of(subject), predicate, resolver.entity_of(obj), verb)
+        for subject in passive_subjects:
+            # Passive: the agent acts on the grammatical subject.
+            for agent in agents:
+                add(resolver.entity_of(agent), lemma, resolver.entity_of(subject), verb)
+            for predicate, obj in objects:
+                add(resolver.entity_of(subject), predicate, resolver.entity_of(obj), verb)
+        if verb.lemma_ == "be":
+            for subject in subjects:
+                SpacyExtractor._copula_relations(subject, verb, resolver, add)
+
+    @staticmethod
+    def _copula_relations(subject: Any, verb: Any, resolver: _PronounResolver, add: Any) -> None:
+        """Copula patterns: "X is the capital of Y" gives (X, capital_of, Y); "the N of X is Y" gives (X, N, Y)."""
+        for attribute in (child for child in verb.children if child.dep_ == "attr"):
+            for preposition in (child for child in attribute.children if child.dep_ == "prep"):
+                for obj in (child for child in preposition.children if child.dep_ == "pobj"):
+                    add(resolver.entity_of(subject), f"{attribute.lemma_.lower()}_{preposition.lower_}",
+                        resolver.entity_of(obj), verb)
+            if subject.pos_ == "NOUN":
+                for preposition in (child for child in subject.children if child.dep_ == "prep" and child.lower_ == "of"):
+                    for owner in (child for child in preposition.children if child.dep_ == "pobj"):
+                        add(resolver.entity_of(owner), subject.lemma_.lower(), resolver.entity_of(attribute), verb)
+
+    @staticmethod
+    def _apposition_relations(appositive: Any, resolver: _PronounResolver, add: Any) -> None:
+        """Apposition "X, a Y" gives (X, be, Y); between two places (X, located_in, Y); a relational noun adds its phrase."""
+        head = resolver.entity_of(appositive.head)
+        if head is None:
+            return
+        other = resolver.entity_of(appositive)
+        if other is not None:
+            places = head[1].label in PLACE_LABELS and other[1].label in PLACE_LABELS
+            add(head, "located_in" if places else "be", other, appositive)
+        for preposition in (child for child in appositive.children if child.dep_ == "prep"):
+            for obj in (child for child in preposition.children if child.dep_ == "pobj"):
+                add(head, f"{appositive.lemma_.lower()}_{preposition.lower_}", resolver.entity_of(obj), appositive)
+
+    @staticmethod
+    def _noun_preposition_relation(obj: Any, token_entity: dict[int, tuple[Any, Entity]], add: Any) -> None:
+        """Link two named entities joined by a preposition: "Ford Theatre in Washington" gives (Ford Theatre, located_in, Washington)."""
+        preposition = obj.head
+        if preposition.lower_ not in NOUN_PREPOSITIONS:
+            return
+        head = token_entity.get(preposition.head.i)
+        tail = token_entity.get(obj.i)
+        if head is None or tail is None or CONCEPT in (head[1].label, tail[1].label):
+            return
+        predicate = "located_in" if preposition.lower_ == "in" and tail[1].label in PLACE_LABELS else preposition.lower_
+        add(head, predicate, tail, preposition)
+
+
+    @staticmethod
+    def _modifier_relation(modifier: Any, token_entity: dict[int, tuple[Any, Entity]], add: Any) -> None:
+        """Link a named entity to the one it modifies: "Chevron's Jonathan Lifa" gives (Jonathan Lifa, of, Chevron)."""
+        own = token_entity.get(modifier.i)
+        if own is None or own[1].label == CONCEPT:
+            return
+        head = modifier.head
+        # Walk up through the compound nouns in between ("NBC" -> "actor" -> "Bernsen").
+        while head.i not in token_entity and head.dep_ == "compound" and head.head.i != head.i:
+            head = head.head
+        owner = token_entity.get(head.i)
+        if owner is None or owner[1].label == CONCEPT or owner[1].entity_id == own[1].entity_id:
+            return
+        add(owner, "of", own, modifier)
+
+
+class _PronounResolver:
+    """Entity lookup for argument tokens, with personal pronouns resolved to an earlier entity of the text.
+
+    Light coreference: "he", "she" and their forms resolve to the nearest earlier PERSON,
+    "it" and "its" to the nearest earlier named entity that is not a PERSON, within
+    ``PRONOUN_WINDOW_SENTENCES`` sentences. Other pronouns stay unresolved.
+    """
+
+    def __init__(self, doc: Any, token_entity: dict[int, tuple[Any, Entity]]) -> None:
+        self.doc = doc
+        self.token_entity = token_entity
+        self._named = sorted(
+            {span.start: (span, entity) for span, entity in token_entity.values() if entity.label != CONCEPT}.items()
+        )
+        self._sentence_of: dict[int, int] = {}
+        if doc.has_annotation("SENT_START") or doc.has_annotation("DEP"):
+            for number, sentence in enumerate(doc.sents):
+                self._sentence_of[sentence.start] = number
+
+    def entity_of(self, token: Any) -> tuple[Any, Entity] | None:
+        found = _entity_of(token, self.token_entity)
+        if found is not None or token.pos_ != "PRON":
+            return found
+        pronoun = token.lower_
+        if pronoun in PERSON_PRONOUNS:
+            wanted = lambda label: label == "PERSON"  # noqa: E731
+        elif pronoun in THING_PRONOUNS:
+            wanted = lambda label: label != "PERSON"  # noqa: E731
+        else:
+            return None
+        first_sentence = self._sentence(token) - PRONOUN_WINDOW_SENTENCES
+        for start, (span, entity) in reversed(self._named):
+            if start >= token.i:
                 continue
-            subjects = [_entity_of(child, token_entity) for child in token.children if child.dep_ in SUBJECT_DEPS]
-            subjects = [s for s in subjects if s is not None]
-            if not subjects:
-                continue
-            objects: list[tuple[str, tuple[Any, Entity]]] = []
-            for child in token.children:
-                if child.dep_ in OBJECT_DEPS:
-                    found = _entity_of(child, token_entity)
-                    if found:
-                        objects.append((token.lemma_.lower(), found))
-                elif child.dep_ in ("prep", "agent"):
-                    for grandchild in child.children:
-                        if grandchild.dep_ == "pobj":
-                            found = _entity_of(grandchild, token_entity)
-                            if found:
-                                objects.append((f"{token.lemma_.lower()}_{child.lower_}", found))
-            for subject_span, subject in subjects:
-                for predicate, (object_span, obj) in objects:
-                    if subject.entity_id == obj.entity_id:
-                        continue
-                    start = min(subject_span.start_char, object_span.start_char, token.idx)
-                    end = max(subject_span.end_char, object_span.end_char)
-                    relations.append((subject.entity_id, predicate, obj.entity_id, start, end))
-        return relations
+            if self._sentence(span[0]) < first_sentence:
+                break
+            if wanted(entity.label):
+                return span, entity
+        return None
+
+    def _sentence(self, token: Any) -> int:
+        """Return the ordinal of the sentence that contains ``token`` (0 when the text has no sentence boundaries)."""
+        if not self._sentence_of:
+            return 0
+        return self._sentence_of[token.sent.start]
+
+
+def _with_conjuncts(token: Any) -> list[Any]:
+    """Return ``token`` and the tokens coordinated with it ("X and Y")."""
+    return [token, *token.conjuncts]
 
 
 def _containing(chunks: list[Chunk], start: int, end: int) -> list[Chunk]:
