@@ -104,3 +104,11 @@ class Settings(BaseSettings):
     global_max_communities: int = Field(default=6, ge=1, description="Community summaries sent to the LLM (map calls) per global question.")
     global_reduce_answers: int = Field(default=4, ge=1, description="Best partial answers the reduce step combines.")
     pike_max_sub_questions: int = Field(default=4, ge=1, le=10, description="Sub-questions a PIKE question is split into at most.")
+
+    llm_extraction_max_tokens: int = Field(
+        default=512, ge=16, description="Maximum tokens of one LLM extraction reply (entities and relations of one chunk)."
+    )
+    resolution_similarity_threshold: float = Field(
+        default=0.9, ge=0.0, le=1.0,
+        description="Cosine similarity of name embeddings at or above which entity resolution merges two entities.",
+    )
