@@ -101,6 +101,11 @@ def query(
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection to search (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", help="Passages given to the LLM."),
     retriever: str = RETRIEVER_OPTION,
+    mode: str = typer.Option(
+        "local", "--mode",
+        help="local: answer from retrieved passages; global: from community summaries "
+             "(run `expertrag communities build` first); pike: split into sub-questions, answer each, compose.",
+    ),
     as_json: bool = JSON_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
@@ -108,14 +113,25 @@ def query(
     from expertrag.knowledge_base import KnowledgeBase
 
     configure_logging(verbose)
+    if mode not in ("local", "global", "pike"):
+        _fail(ValueError(f"Invalid --mode {mode!r}: use local, global or pike"))
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
-            answer = knowledge_base.answer(question, collection, k, retriever)  # type: ignore[arg-type]
+            if mode == "local":
+                answer = knowledge_base.answer(question, collection, k, retriever)  # type: ignore[arg-type]
+            else:
+                answer = knowledge_base.answer_in_mode(question, mode, collection, k, retriever)  # type: ignore[arg-type]
     except ExpertRAGError as error:
         _fail(error)
     if as_json:
         _print_json(answer.to_dict())
         return
+    for number, sub in enumerate(answer.sub_questions, start=1):
+        typer.echo(f"  sub-question {number}: {sub['question']} -> {sub['answer']}")
+    for community in answer.communities:
+        if community["used"]:
+            typer.echo(f"  community {community['community_id']} ({community['title']}, score {community['score']}): "
+                       f"{community['answer']}")
     typer.echo(answer.answer)
     for citation in answer.citations:
         typer.echo(f"  [{citation.number}] {citation.collection}/{citation.doc_id} chunk {citation.chunk_id} "

@@ -35,7 +35,7 @@ from expertrag.kg_build.pipeline import IngestionPipeline, IngestReport, Progres
 from expertrag.kg_build.graph_store import GraphStore, SyncReport
 from expertrag.kg_build.rdf import ExportFormat, RdfGraphStore
 from expertrag.kg_build.store import Fact, RecordStore
-from expertrag.rag.answerer import Answer, Answerer, content_words
+from expertrag.rag.answerer import Answer, Answerer, AnswerMode, content_words
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.fusion import reciprocal_rank_fusion
 from expertrag.retrievers.hits import Hit
@@ -288,11 +288,44 @@ class KnowledgeBase:
             self._answerer = Answerer(create_backend(self.settings), self.settings.llm_max_tokens)
         return self._answerer
 
-    def answer(self, question: str, collection: str | None = None, k: int | None = None, retriever: Retriever = "hybrid") -> Answer:
-        """Retrieve evidence for ``question`` and answer it with citations."""
+    def answer(self, question: str, collection: str | None = None, k: int | None = None, retriever: Retriever = "hybrid",
+               mode: AnswerMode = "local") -> Answer:
+        """Retrieve evidence for ``question`` and answer it with citations.
+
+        ``mode`` "global" answers from community summaries and "pike" from sub-questions,
+        see :meth:`answer_in_mode`; "local" answers from the retrieved passages.
+        """
         k = k or self.settings.top_k
+        if mode != "local":
+            return self.answer_in_mode(question, mode, collection, k, retriever)
         hits, notes = self.evidence_for(question, self.retrieve(question, collection, k, retriever))
         return self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
+
+    def answer_in_mode(self, question: str, mode: AnswerMode, collection: str | None = None, k: int | None = None,
+                       retriever: Retriever = "hybrid") -> Answer:
+        """Answer ``question`` in ``mode`` and return the answer with its citations.
+
+        "global" map-reduces over the community summaries that ``expertrag communities
+        build`` writes. "pike" splits the question into sub-questions, retrieves each with
+        ``retriever``, answers them and composes the answer. "local" is :meth:`answer`.
+        """
+        if mode == "local":
+            return self.answer(question, collection, k, retriever)
+        if mode == "global":
+            from expertrag.rag.global_search import GlobalSearch
+
+            if collection is not None and collection not in self.collections():
+                known = ", ".join(self.collections()) or "none"
+                raise CollectionNotFoundError(f"Collection {collection!r} not found in {self.path} (collections: {known})")
+            search = GlobalSearch(self.store, self.answerer().backend, self.encoder.encode, self.settings)
+            return search.answer(question, collection)
+        if mode == "pike":
+            from expertrag.rag.pike import PikeAnswerer
+
+            pike = PikeAnswerer(self.answerer(), lambda query, count: self.retrieve(query, collection, count, retriever),
+                                self.settings.pike_max_sub_questions)
+            return pike.answer(question, k or self.settings.top_k)
+        raise InputError(f"Invalid answer mode {mode!r}: use local, global or pike")
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:
         """Return one stored chunk as a dict, or None."""

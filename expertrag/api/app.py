@@ -79,7 +79,11 @@ def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI
     @app.post("/query", response_model=AnswerModel, responses=errors)
     def query(request: QueryRequest) -> AnswerModel:
         """Answer a question with citations to chunks of the knowledge base."""
-        answer = knowledge_base().answer(request.question, request.collection, request.k, request.retriever)
+        kb = knowledge_base()
+        if request.mode == "local":
+            answer = kb.answer(request.question, request.collection, request.k, request.retriever)
+        else:
+            answer = kb.answer_in_mode(request.question, request.mode, request.collection, request.k, request.retriever)
         return AnswerModel.model_validate(answer.to_dict())
 
     @app.post("/retrieve", response_model=RetrieveResponse, responses=errors)

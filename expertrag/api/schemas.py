@@ -16,6 +16,11 @@ class QueryRequest(BaseModel):
     collection: str | None = Field(default=None, description="Collection to search; all when omitted.")
     k: int | None = Field(default=None, ge=1, le=50, description="Passages given to the LLM.")
     retriever: RetrieverName = "hybrid"
+    mode: Literal["local", "global", "pike"] = Field(
+        default="local",
+        description="local: answer from retrieved passages; global: map-reduce over community summaries; "
+        "pike: answer sub-questions, then compose.",
+    )
 
 
 class RetrieveRequest(BaseModel):
@@ -78,6 +83,12 @@ class AnswerModel(BaseModel):
     facts: list[FactModel]
     notes: list[str]
     seconds: float
+    sub_questions: list[dict[str, Any]] = Field(
+        default=[], description="pike mode: each sub-question with its answer, found flag and citations."
+    )
+    communities: list[dict[str, Any]] = Field(
+        default=[], description="global mode: the communities asked, with partial answers, scores and cited chunk ids."
+    )
 
 
 class RetrieveResponse(BaseModel):

@@ -75,7 +75,7 @@ class Community:
 
 
 class CommunityStore:
-    """Reads and writes communities through a RecordStore's connection and transactions."""
+    """Reader and writer of communities, through a RecordStore's connection and transactions."""
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store

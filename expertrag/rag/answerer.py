@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from expertrag.errors import LLMError
 from expertrag.kg_build.chunking import split_sentences
@@ -25,6 +25,8 @@ from expertrag.retrievers.hits import Hit
 logger = logging.getLogger(__name__)
 
 NOT_FOUND_ANSWER = "Not found in the knowledge base."
+# How a question is answered: local (retrieved passages), global (community summaries), pike (sub-questions).
+AnswerMode = Literal["local", "global", "pike"]
 _WORD = re.compile(r"\w+")
 _STOP_WORDS = frozenset(
     "a an the of in on at to for from by with and or is are was were be been being that this these those it its as "

@@ -62,6 +62,10 @@ class LlamaCppBackend:
         A ``json_schema`` becomes a llama.cpp grammar, so every sampled token keeps the
         output inside the schema. llama-cpp-python falls back to a grammar for any JSON
         when it cannot convert the schema.
+
+        ``settings.llm_timeout_s`` bounds both the wait for the model (another thread may
+        be generating) and the generation, and either overrun raises LLMError. A local
+        failure would repeat, so ``llm_retries`` does not apply here.
         """
         check_messages(messages)
         request: dict[str, Any] = {
@@ -73,33 +77,54 @@ class LlamaCppBackend:
         if json_schema is not None:
             request["response_format"] = {"type": "json_object", "schema": json_schema}
 
-        with self._lock:
+        timeout_s = self.settings.llm_timeout_s
+        if not self._lock.acquire(timeout=timeout_s):
+            raise LLMError(
+                f"{self.name} is busy: another generation kept the model for more than {timeout_s:g} s "
+                "(EXPERTRAG_LLM_TIMEOUT_S). Send fewer requests at once or raise the timeout."
+            )
+        try:
             llama = self._load_locked()
-            started = time.perf_counter()
             logger.debug("%s request: %s", self.name, shorten(json.dumps(messages, ensure_ascii=False)))
-            try:
-                response = llama.create_chat_completion(**request)
-            except (ValueError, RuntimeError) as error:
-                # llama-cpp-python raises ValueError when the prompt exceeds n_ctx and
-                # RuntimeError when llama_decode fails.
-                raise LLMError(
-                    f"{self.name} failed to generate a reply: {error}. A prompt longer than the "
-                    f"context ({self.settings.llm_context_tokens} tokens, EXPERTRAG_LLM_CONTEXT_TOKENS) "
-                    "must be shortened, for example with fewer passages (EXPERTRAG_TOP_K)."
-                ) from error
-        elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            content, pieces = self._generate(llama, request, started + timeout_s)
+        finally:
+            self._lock.release()
 
-        content = response["choices"][0]["message"].get("content") or ""
-        usage = response.get("usage", {})
         logger.debug(
-            "%s reply in %.2f s (%s prompt tokens, %s completion tokens): %s",
-            self.name,
-            elapsed,
-            usage.get("prompt_tokens"),
-            usage.get("completion_tokens"),
-            shorten(content),
+            "%s reply in %.2f s (%d streamed pieces): %s", self.name, time.perf_counter() - started, pieces, shorten(content)
         )
         return content
+
+    def _generate(self, llama: Llama, request: dict[str, Any], deadline: float) -> tuple[str, int]:
+        """Stream one reply and return its text and the number of pieces; stop at ``deadline``.
+
+        NOTE: the deadline is checked between generated tokens, so reading a long prompt
+        (before the first token) can overrun it by that prompt's evaluation time.
+        """
+        parts: list[str] = []
+        try:
+            stream = llama.create_chat_completion(**request, stream=True)
+            for chunk in stream:
+                delta = chunk["choices"][0].get("delta") or {}
+                parts.append(delta.get("content") or "")
+                if time.perf_counter() > deadline:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+                    raise LLMError(
+                        f"{self.name} timed out: the reply took longer than {self.settings.llm_timeout_s:g} s "
+                        f"(EXPERTRAG_LLM_TIMEOUT_S) after {len(parts)} pieces. Raise the timeout or lower max_tokens."
+                    )
+        except (ValueError, RuntimeError) as error:
+            # llama-cpp-python raises ValueError when the prompt exceeds n_ctx and
+            # RuntimeError when llama_decode fails.
+            raise LLMError(
+                f"{self.name} failed to generate a reply: {error}. A prompt longer than the "
+                f"context ({self.settings.llm_context_tokens} tokens, EXPERTRAG_LLM_CONTEXT_TOKENS) "
+                "must be shortened, for example with fewer passages (EXPERTRAG_TOP_K)."
+            ) from error
+        return "".join(parts), len(parts)
 
     def _load_locked(self) -> Llama:
         """Return the loaded model, loading it first if needed. The caller holds the lock."""

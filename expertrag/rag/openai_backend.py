@@ -31,8 +31,9 @@ class OpenAICompatibleBackend:
 
     Connection failures, timeouts and the statuses 408, 429, 500, 502, 503 and 504 are retried
     ``settings.llm_retries`` times with exponential backoff (0.5 s, 1 s, 2 s … at most 8 s).
-    ``settings.llm_timeout_s`` bounds each connect, read and write step, not the whole
-    request. Errors name the endpoint URL but never the API key.
+    ``settings.llm_timeout_s`` bounds each connect, read and write step and also the whole
+    body of one attempt, so a server that sends a byte now and then cannot hold a request
+    open. Errors name the endpoint URL but never the API key.
     """
 
     def __init__(self, settings: Settings | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
@@ -118,11 +119,11 @@ class OpenAICompatibleBackend:
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
-                response = self._client.post(self.url, json=payload)
+                response = self._post_before_deadline(payload, started + self.settings.llm_timeout_s)
             except httpx.TimeoutException as error:
                 failure = (
                     f"LLM request to {self._display_url} timed out ({type(error).__name__}, limit "
-                    f"{self.settings.llm_timeout_s:g} s per step) after {attempt} attempt(s). Raise "
+                    f"{self.settings.llm_timeout_s:g} s per step and per attempt) after {attempt} attempt(s). Raise "
                     "EXPERTRAG_LLM_TIMEOUT_S or lower max_tokens."
                 )
                 cause: Exception | None = error
@@ -158,6 +159,20 @@ class OpenAICompatibleBackend:
             )
             time.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+
+    def _post_before_deadline(self, payload: dict[str, Any], deadline: float) -> httpx.Response:
+        """POST ``payload`` and read the body, raising httpx.ReadTimeout once ``deadline`` passes.
+
+        httpx's timeouts bound each read, so a server that sends a byte now and then would
+        keep a plain ``post`` waiting for much longer than ``llm_timeout_s``.
+        """
+        with self._client.stream("POST", self.url, json=payload) as streamed:
+            body = bytearray()
+            for piece in streamed.iter_raw():
+                body.extend(piece)
+                if time.perf_counter() > deadline:
+                    raise httpx.ReadTimeout("the response body took longer than the whole-request limit", request=streamed.request)
+            return httpx.Response(streamed.status_code, headers=streamed.headers, content=bytes(body), request=streamed.request)
 
     def _status_message(self, response: httpx.Response) -> str:
         message = f"LLM server at {self._display_url} returned HTTP {response.status_code}: {shorten(response.text)}"
