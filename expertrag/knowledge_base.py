@@ -6,6 +6,7 @@ Layout::
     records.sqlite       documents, chunks with vectors, entities, mentions, relations, ingest log
     graph.nt             the knowledge graph as RDF (N-Triples), rewritten after each ingest
     indexes/<name>.faiss one FAISS index per collection, rebuilt when its chunks change
+    experts/             query-side experts (``expertrag experts train --kb``), used by every collection
 
 The CLI, the REST API and the notebooks are thin layers over this class.
 """
@@ -38,12 +39,13 @@ from expertrag.kg_build.store import Fact, RecordStore
 from expertrag.rag.answerer import Answer, Answerer, AnswerMode, content_words
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.fusion import reciprocal_rank_fusion
-from expertrag.retrievers.hits import Hit
+from expertrag.retrievers.hits import Hit, Retrieval
 from expertrag.retrievers.search import CollectionSearcher, Retriever
 from expertrag.settings import Settings
 
 if TYPE_CHECKING:
     from expertrag.kg_build.neo4j_store import Neo4jGraphStore
+    from expertrag.retrievers.experts.kb_routing import KnowledgeBaseRouter
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class KnowledgeBase:
         self._encoder: Encoder | None = None
         self._searchers: dict[str, CollectionSearcher] = {}
         self._answerer: Answerer | None = None
+        self._expert_router: KnowledgeBaseRouter | None = None
 
     # Opening
 
@@ -233,15 +236,58 @@ class KnowledgeBase:
             raise EmptyKnowledgeBaseError(f"The knowledge base {self.path} is empty: ingest a corpus first")
         return names
 
-    def retrieve(self, query: str, collection: str | None = None, k: int = 10, retriever: Retriever = "hybrid") -> list[Hit]:
-        """Return the ``k`` best chunks for ``query`` from one collection, or from all of them fused."""
+    def expert_router(self) -> KnowledgeBaseRouter:
+        """Return the router over the experts in ``<kb>/experts``, created on first use."""
+        from expertrag.retrievers.experts.kb_routing import KnowledgeBaseRouter
+
+        with self._lock:
+            if self._expert_router is None:
+                self._expert_router = KnowledgeBaseRouter.for_knowledge_base(self.path, self.encoder)
+            return self._expert_router
+
+    def retrieve(self, query: str, collection: str | None = None, k: int = 10, retriever: Retriever = "hybrid",
+                 router: str | None = None) -> list[Hit]:
+        """Return the ``k`` best chunks for ``query`` from one collection, or from all of them fused.
+
+        With ``router`` (a routing strategy: pilot, centroid, fusion, multitask or fixed:NAME),
+        dense retrieval encodes the query with the expert that the router picks among the
+        experts in ``<kb>/experts``, and the result is a ``RoutedHits`` list whose ``routing``
+        names that expert and the similarities behind the choice.
+        """
         names = self._target_collections(collection)
-        results = [self.searcher(name).search(query, k, retriever) for name in names]
+        routed = None if router is None else self.expert_router().prepare(query, router)
+        if routed is None:
+            results = [self.searcher(name).search(query, k, retriever) for name in names]
+        else:
+            results = [routed.search(self.searcher(name), k, retriever) for name in names]
+        if len(results) == 1:
+            hits = results[0]
+        else:
+            by_id = {hit.chunk_id: hit for hits in results for hit in hits}
+            fused = reciprocal_rank_fusion([[hit.chunk_id for hit in hits] for hits in results], k=self.settings.rrf_k)
+            hits = [by_id[chunk_id] for chunk_id, _ in fused[:k]]
+        if routed is None:
+            return hits
+        from expertrag.retrievers.experts.kb_routing import RoutedHits
+
+        return RoutedHits(hits, routed.decision)
+
+    def retrieval(self, query: str, collection: str | None = None, k: int = 10,
+                  retriever: Retriever = "hybrid") -> Retrieval:
+        """Return the ``k`` best chunks for ``query`` with the entity links, relation paths and notes
+        that the graph retrievers (``graph``, ``graph+hybrid``) record; other retrievers leave those empty."""
+        names = self._target_collections(collection)
+        results = [self.searcher(name).retrieve(query, k, retriever) for name in names]
         if len(results) == 1:
             return results[0]
-        by_id = {hit.chunk_id: hit for hits in results for hit in hits}
-        fused = reciprocal_rank_fusion([[hit.chunk_id for hit in hits] for hits in results], k=self.settings.rrf_k)
-        return [by_id[chunk_id] for chunk_id, _ in fused[:k]]
+        by_id = {hit.chunk_id: hit for result in results for hit in result.hits}
+        fused = reciprocal_rank_fusion([[hit.chunk_id for hit in r.hits] for r in results], k=self.settings.rrf_k)
+        return Retrieval(
+            [by_id[chunk_id] for chunk_id, _ in fused[:k]],
+            [link for r in results for link in r.links],
+            [path for r in results for path in r.paths],
+            list(dict.fromkeys(note for r in results for note in r.notes)),
+        )
 
     def facts_for(self, question: str, hits: Sequence[Hit], limit: int | None = None) -> list[Fact]:
         """Return graph facts stated in the hits that share at least two words with the question, best first.
@@ -289,17 +335,46 @@ class KnowledgeBase:
         return self._answerer
 
     def answer(self, question: str, collection: str | None = None, k: int | None = None, retriever: Retriever = "hybrid",
-               mode: AnswerMode = "local") -> Answer:
+               router: str | None = None, mode: AnswerMode = "local") -> Answer:
         """Retrieve evidence for ``question`` and answer it with citations.
 
+        With ``router``, retrieval is routed as in :meth:`retrieve`, and the result is a
+        ``RoutedAnswer`` whose ``routing`` is the routing decision.
         ``mode`` "global" answers from community summaries and "pike" from sub-questions,
         see :meth:`answer_in_mode`; "local" answers from the retrieved passages.
         """
         k = k or self.settings.top_k
+        if router is not None and mode != "local":
+            raise InputError(f"Routing applies to mode 'local' only, not {mode!r}: drop router or use mode local")
         if mode != "local":
             return self.answer_in_mode(question, mode, collection, k, retriever)
-        hits, notes = self.evidence_for(question, self.retrieve(question, collection, k, retriever))
-        return self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
+        if router is None:
+            retrieval = self.retrieval(question, collection, k, retriever)
+            hits, notes = self.evidence_for(question, retrieval.hits)
+            answer = self.answerer().answer(question, hits, self._facts_with_paths(question, hits, retrieval),
+                                            retrieval.notes + notes)
+            answer.links = [link.to_dict() for link in retrieval.links]
+            answer.paths = [path.to_dict() for path in retrieval.paths]
+            return answer
+        retrieved = self.retrieve(question, collection, k, retriever, router)
+        hits, notes = self.evidence_for(question, retrieved)
+        answer = self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
+        from expertrag.retrievers.experts.kb_routing import RoutedAnswer
+
+        return RoutedAnswer.from_answer(answer, retrieved.routing)  # type: ignore[attr-defined]
+
+    def _facts_with_paths(self, question: str, hits: Sequence[Hit], retrieval: Retrieval) -> list[Fact]:
+        """Return the question's facts from the hits, then the steps of relation paths whose chunk is among them."""
+        facts = self.facts_for(question, hits)
+        shown = {hit.chunk_id for hit in hits}
+        known = {fact.relation_id for fact in facts}
+        for path in retrieval.paths:
+            for step in path.steps:
+                if step.chunk_id in shown and step.relation_id not in known:
+                    known.add(step.relation_id)
+                    facts.append(Fact(step.relation_id, step.subject_id, step.subject, step.predicate,
+                                      step.object_id, step.object, step.chunk_id, step.start, step.end))
+        return facts
 
     def answer_in_mode(self, question: str, mode: AnswerMode, collection: str | None = None, k: int | None = None,
                        retriever: Retriever = "hybrid") -> Answer:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-RetrieverName = Literal["dense", "bm25", "hybrid", "graph"]
+RetrieverName = Literal["dense", "bm25", "hybrid", "graph", "graph+hybrid"]
 
 
 class Settings(BaseSettings):
@@ -54,7 +54,26 @@ class Settings(BaseSettings):
 
     top_k: int = Field(default=5, ge=1, description="Passages given to the LLM.")
     rrf_k: int = Field(default=60, ge=1, description="Constant k of reciprocal-rank fusion.")
-    graph_expansion_entities: int = Field(default=10, ge=0)
+    ppr_damping: float = Field(
+        default=0.5, ge=0.0, lt=1.0,
+        description="Probability that the personalized PageRank walk continues instead of restarting at a seed.",
+    )
+    graph_dense_seeds: int = Field(default=20, ge=0, description="Top dense chunks that seed the graph walk.")
+    graph_passage_weight: float = Field(
+        default=1.0, ge=0.0,
+        description="Seed mass of the dense chunks, as a multiple of the mass of the linked entities and titles.",
+    )
+    graph_path_hops: int = Field(default=3, ge=1, description="Maximum relations on a path between linked entities.")
+    entity_link_by_embedding: bool = Field(
+        default=False, description="Also link query noun phrases to entities by name-embedding similarity."
+    )
+    entity_link_threshold: float = Field(default=0.8, ge=0.0, le=1.0, description="Minimum cosine for an embedding link.")
+    entity_max_chunk_fraction: float = Field(
+        default=0.05, gt=0.0, le=1.0,
+        description="Entities mentioned in more than this fraction of a collection's chunks are too generic to seed a walk.",
+    )
+    graph_synonym_edges: bool = Field(default=False, description="Join entities whose name embeddings are close.")
+    graph_synonym_threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="Minimum name cosine of a synonym edge.")
     graph_facts: int = Field(default=8, ge=0, description="Graph facts given to the LLM.")
     min_dense_score: float = Field(
         default=0.25,

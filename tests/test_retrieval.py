@@ -8,7 +8,6 @@ from expertrag.errors import CollectionNotFoundError, InputError
 from expertrag.eval.beir import BeirDataset, run_kb_queries
 from expertrag.eval.metrics import evaluate_run
 from expertrag.knowledge_base import KnowledgeBase
-from expertrag.retrievers import graph_expansion
 from expertrag.retrievers.fusion import reciprocal_rank_fusion
 from expertrag.sample import SAMPLE_DIR
 from tests.conftest import SAMPLE_COLLECTION
@@ -41,16 +40,6 @@ def test_dense_scores_are_cosines(sample_kb: KnowledgeBase) -> None:
     hits = sample_kb.retrieve("microRNA processing by Dicer", SAMPLE_COLLECTION, k=3, retriever="dense")
     assert all(-1.0 <= h.score <= 1.0 for h in hits)
     assert hits[0].score > 0.4
-
-
-def test_graph_expansion_reaches_linked_chunks(sample_kb: KnowledgeBase) -> None:
-    seeds = [h.chunk_id for h in sample_kb.retrieve("homocysteine folic acid", SAMPLE_COLLECTION, k=3, retriever="hybrid")]
-    expanded, facts = graph_expansion.expand(sample_kb.store, SAMPLE_COLLECTION, seeds)
-    assert expanded, "the seed chunks' entities have neighbours in other chunks"
-    assert not set(expanded) & set(seeds)
-    linked = {f.subject_id for f in facts} | {f.object_id for f in facts}
-    reached = sample_kb.store.entities_of_chunks(expanded[:5])
-    assert all(set(entities) & linked for entities in reached.values())
 
 
 def test_reciprocal_rank_fusion_by_hand() -> None:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-RetrieverName = Literal["dense", "bm25", "hybrid", "graph"]
+RetrieverName = Literal["dense", "bm25", "hybrid", "graph", "graph+hybrid"]
 
 
 class QueryRequest(BaseModel):
@@ -16,6 +16,11 @@ class QueryRequest(BaseModel):
     collection: str | None = Field(default=None, description="Collection to search; all when omitted.")
     k: int | None = Field(default=None, ge=1, le=50, description="Passages given to the LLM.")
     retriever: RetrieverName = "hybrid"
+    router: str | None = Field(
+        default=None, max_length=100, examples=["pilot"],
+        description="Routing strategy for dense retrieval over the experts in <kb>/experts: pilot, centroid, fusion, "
+        "multitask or fixed:NAME. Omitted: the base encoder, and no routing decision in the response.",
+    )
     mode: Literal["local", "global", "pike"] = Field(
         default="local",
         description="local: answer from retrieved passages; global: map-reduce over community summaries; "
@@ -30,6 +35,11 @@ class RetrieveRequest(BaseModel):
     collection: str | None = None
     k: int = Field(default=10, ge=1, le=1000)
     retriever: RetrieverName = "hybrid"
+    router: str | None = Field(
+        default=None, max_length=100, examples=["pilot"],
+        description="Routing strategy for dense retrieval over the experts in <kb>/experts: pilot, centroid, fusion, "
+        "multitask or fixed:NAME. Omitted: the base encoder, and no routing decision in the response.",
+    )
 
 
 class HitModel(BaseModel):
@@ -44,6 +54,18 @@ class HitModel(BaseModel):
     end: int
     score: float
     ranks: dict[str, int]
+
+
+class RoutingModel(BaseModel):
+    """The expert that encoded the query for dense retrieval, and why the router picked it."""
+
+    expert: str = Field(description="Expert name; 'base' is the base encoder and 'fusion' fuses every candidate's results.")
+    strategy: str
+    similarities: dict[str, float] = Field(
+        description="Similarity of the query to each candidate's pilot embeddings (pilot) or domain centroid "
+        "(centroid); empty for fixed, multitask and fusion."
+    )
+    reason: str
 
 
 class CitationModel(BaseModel):
@@ -89,12 +111,14 @@ class AnswerModel(BaseModel):
     communities: list[dict[str, Any]] = Field(
         default=[], description="global mode: the communities asked, with partial answers, scores and cited chunk ids."
     )
+    routing: RoutingModel | None = Field(default=None, description="The routing decision; null without router.")
 
 
 class RetrieveResponse(BaseModel):
     """Retrieved chunks, best first."""
 
     hits: list[HitModel]
+    routing: RoutingModel | None = Field(default=None, description="The routing decision; null without router.")
 
 
 class HealthResponse(BaseModel):

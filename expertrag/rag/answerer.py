@@ -63,6 +63,10 @@ class Answer:
     """PIKE mode: each sub-question with its ``question``, ``answer``, ``found`` and ``citations``."""
     communities: list[dict[str, Any]] = field(default_factory=list)
     """Global mode: the communities whose summaries were used, with their partial answers and scores."""
+    links: list[dict[str, Any]] = field(default_factory=list)
+    """Graph retrievers: the query spans linked to entities or document titles."""
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    """Graph retrievers: relation paths between linked entities, each step with its chunk id and span."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the answer as a JSON-ready dict."""

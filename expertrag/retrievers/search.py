@@ -1,4 +1,4 @@
-"""Search over one collection: dense (FAISS), BM25, their reciprocal-rank fusion, and graph expansion."""
+"""Search over one collection: dense (FAISS), BM25, personalized PageRank over the graph, and their fusion."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import numpy as np
 
 from expertrag.errors import EmptyKnowledgeBaseError, InputError
 from expertrag.kg_build.store import RecordStore
-from expertrag.retrievers import graph_expansion
 from expertrag.retrievers.bm25 import BM25Index
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.fusion import reciprocal_rank_fusion
-from expertrag.retrievers.hits import Hit
+from expertrag.retrievers.graph_retriever import GraphRetriever
+from expertrag.retrievers.hits import Hit, Retrieval
 from expertrag.retrievers.vector_index import VectorIndex
 from expertrag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Retriever = Literal["dense", "bm25", "hybrid", "graph"]
-RETRIEVERS: tuple[str, ...] = ("dense", "bm25", "hybrid", "graph")
+Retriever = Literal["dense", "bm25", "hybrid", "graph", "graph+hybrid"]
+RETRIEVERS: tuple[str, ...] = ("dense", "bm25", "hybrid", "graph", "graph+hybrid")
 CANDIDATES = 100
 """Hits each retriever contributes before fusion."""
 
@@ -41,6 +41,7 @@ class CollectionSearcher:
         self._fingerprint = ""
         self._vector_index: VectorIndex | None = None
         self._bm25: BM25Index | None = None
+        self._graph_retriever: GraphRetriever | None = None
 
     def current_fingerprint(self) -> str:
         """Identify the collection's current chunk set; it changes whenever a chunk is added or removed."""
@@ -99,37 +100,55 @@ class CollectionSearcher:
         scores, ids = self._bm25_index().search(queries, k)
         return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
 
+    def graph_retriever(self) -> GraphRetriever:
+        """Return the collection's graph retriever, created on first use."""
+        with self._lock:
+            if self._graph_retriever is None:
+                self._graph_retriever = GraphRetriever(
+                    self.store, self.collection, self.index_path.parent, self.encoder.encode, self.settings
+                )
+            return self._graph_retriever
+
     def search(self, query: str, k: int, retriever: Retriever = "hybrid") -> list[Hit]:
         """Return the ``k`` best chunks for ``query``; ``Hit.ranks`` records each retriever's rank."""
+        return self.retrieve(query, k, retriever, with_paths=False).hits
+
+    def retrieve(self, query: str, k: int, retriever: Retriever = "hybrid", query_vector: np.ndarray | None = None,
+                 with_paths: bool = True) -> Retrieval:
+        """Return the ``k`` best chunks for ``query`` with the entity links, paths and notes behind them.
+
+        ``graph`` ranks by personalized PageRank seeded with the query's linked entities and
+        the dense top chunks. ``hybrid`` fuses the dense and BM25 rankings, and
+        ``graph+hybrid`` fuses all three.
+        """
         if retriever not in RETRIEVERS:
             raise InputError(f"Unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
         if not query.strip():
             raise InputError("The query is empty")
-        self.refresh()
+        fingerprint = self.current_fingerprint()
+        self.refresh(fingerprint)
 
         rankings: dict[str, list[tuple[str, float]]] = {}
-        if retriever in ("dense", "hybrid", "graph"):
-            rankings["dense"] = self.dense(self.encoder.encode([query]), max(k, CANDIDATES))[0]
-        if retriever in ("bm25", "hybrid", "graph"):
+        if retriever != "bm25":
+            vector = self.encoder.encode([query]) if query_vector is None else query_vector.reshape(1, -1)
+            rankings["dense"] = self.dense(vector, max(k, CANDIDATES))[0]
+        if retriever in ("bm25", "hybrid", "graph+hybrid"):
             rankings["bm25"] = self.bm25([query], max(k, CANDIDATES))[0]
-        if retriever == "graph":
-            fused = reciprocal_rank_fusion([[c for c, _ in r] for r in rankings.values()], k=self.settings.rrf_k)
-            seeds = [chunk_id for chunk_id, _ in fused[:5]]
-            expanded, _ = graph_expansion.expand(
-                self.store, self.collection, seeds, max_seed_entities=self.settings.graph_expansion_entities
-            )
-            rankings["graph"] = [(chunk_id, 0.0) for chunk_id in expanded]
+        graph = None
+        if retriever in ("graph", "graph+hybrid"):
+            graph = self.graph_retriever().rank(query, rankings["dense"], fingerprint, max(k, CANDIDATES), with_paths)
+            rankings["graph"] = graph.ranking
 
-        if len(rankings) == 1:
-            (name, ranking), = rankings.items()
-            ordered = ranking[:k]
+        if retriever == "graph":
+            ordered = rankings["graph"][:k]
+        elif len(rankings) == 1:
+            (ordered,) = (ranking[:k] for ranking in rankings.values())
         else:
-            # Graph-expanded chunks count half as much as a first-stage ranking in the fusion.
-            weights = [0.5 if name == "graph" else 1.0 for name in rankings]
-            ordered = reciprocal_rank_fusion(
-                [[c for c, _ in r] for r in rankings.values()], k=self.settings.rrf_k, weights=weights
-            )[:k]
-        return self._hits(ordered, rankings)
+            ordered = reciprocal_rank_fusion([[c for c, _ in r] for r in rankings.values()], k=self.settings.rrf_k)[:k]
+        hits = self._hits(ordered, rankings)
+        if graph is None:
+            return Retrieval(hits)
+        return Retrieval(hits, graph.links, graph.paths, graph.notes)
 
     def _hits(self, ordered: list[tuple[str, float]], rankings: dict[str, list[tuple[str, float]]]) -> list[Hit]:
         stored = self.store.get_chunks([chunk_id for chunk_id, _ in ordered])
