@@ -106,7 +106,12 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(default=None, description="CPU threads for llama-cpp; None uses all.")
     llm_timeout_s: float = Field(
         default=120.0, gt=0,
-        description="Seconds one LLM request may take: per HTTP attempt for openai, per generation for llama-cpp.",
+        description="Seconds one HTTP attempt of the openai backend may take (each step and the whole body).",
+    )
+    llm_local_timeout_s: float = Field(
+        default=900.0, gt=0,
+        description="Seconds one llama-cpp call may wait for the model and generate; "
+        "CPU generation on shared cores can be ten times slower than a server.",
     )
     llm_retries: int = Field(default=2, ge=0, description="Extra attempts after a failed HTTP request (openai only).")
     llm_seed: int = 0

@@ -9,7 +9,8 @@ tests/test_global_search.py.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +279,18 @@ def test_scripted_backend_is_llm_backend() -> None:
     assert isinstance(ScriptedBackend(lambda prompt: ""), LLMBackend)
 
 
-def test_cli_list_before_build(tmp_path: Path, sample_kb_path: Path) -> None:
+@pytest.fixture()
+def restore_logging() -> Iterator[None]:
+    """Put back the package logger's handlers, which a CLI command points at CliRunner's closed stderr."""
+    package_logger = logging.getLogger("expertrag")
+    handlers, level, propagate = list(package_logger.handlers), package_logger.level, package_logger.propagate
+    yield
+    package_logger.handlers[:] = handlers
+    package_logger.setLevel(level)
+    package_logger.propagate = propagate
+
+
+def test_cli_list_before_build(tmp_path: Path, sample_kb_path: Path, restore_logging: None) -> None:
     import shutil
 
     kb_path = tmp_path / "kb"
@@ -298,7 +310,7 @@ def test_cli_list_before_build(tmp_path: Path, sample_kb_path: Path) -> None:
     assert '"summarized": 0' in listed.output
 
 
-def test_cli_build_missing_kb(tmp_path: Path) -> None:
+def test_cli_build_missing_kb(tmp_path: Path, restore_logging: None) -> None:
     result = CliRunner().invoke(app, ["communities", "build", "--kb", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert "No knowledge base" in result.output

@@ -79,10 +79,14 @@ class CommunityStore:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        with store.transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        existing = {row[0] for row in store.iter_table("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # Only a knowledge base without the tables pays for a write transaction here, so
+        # opening the store for a query does not wait for an ingest's write lock.
+        if not {"communities", "community_members"} <= existing:
+            with store.transaction() as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
 
     def replace_all(self, communities: Sequence[Community]) -> tuple[int, int]:
         """Replace the stored communities with ``communities`` in one transaction.

@@ -63,7 +63,7 @@ class LlamaCppBackend:
         output inside the schema. llama-cpp-python falls back to a grammar for any JSON
         when it cannot convert the schema.
 
-        ``settings.llm_timeout_s`` bounds both the wait for the model (another thread may
+        ``settings.llm_local_timeout_s`` bounds both the wait for the model (another thread may
         be generating) and the generation, and either overrun raises LLMError. A local
         failure would repeat, so ``llm_retries`` does not apply here.
         """
@@ -77,11 +77,11 @@ class LlamaCppBackend:
         if json_schema is not None:
             request["response_format"] = {"type": "json_object", "schema": json_schema}
 
-        timeout_s = self.settings.llm_timeout_s
+        timeout_s = self.settings.llm_local_timeout_s
         if not self._lock.acquire(timeout=timeout_s):
             raise LLMError(
                 f"{self.name} is busy: another generation kept the model for more than {timeout_s:g} s "
-                "(EXPERTRAG_LLM_TIMEOUT_S). Send fewer requests at once or raise the timeout."
+                "(EXPERTRAG_LLM_LOCAL_TIMEOUT_S). Send fewer requests at once or raise the timeout."
             )
         try:
             llama = self._load_locked()
@@ -113,8 +113,8 @@ class LlamaCppBackend:
                     if close is not None:
                         close()
                     raise LLMError(
-                        f"{self.name} timed out: the reply took longer than {self.settings.llm_timeout_s:g} s "
-                        f"(EXPERTRAG_LLM_TIMEOUT_S) after {len(parts)} pieces. Raise the timeout or lower max_tokens."
+                        f"{self.name} timed out: the reply took longer than {self.settings.llm_local_timeout_s:g} s "
+                        f"(EXPERTRAG_LLM_LOCAL_TIMEOUT_S) after {len(parts)} pieces. Raise the timeout or lower max_tokens."
                     )
         except (ValueError, RuntimeError) as error:
             # llama-cpp-python raises ValueError when the prompt exceeds n_ctx and
