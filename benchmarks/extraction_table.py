@@ -11,6 +11,7 @@ Usage::
     python benchmarks/extraction_table.py --extractor llm --column llm-0.5b --limit 30
     EXPERTRAG_LLM_MODEL_PATH=qwen1.5b.gguf python benchmarks/extraction_table.py \\
         --extractor llm --column llm-1.5b --limit 30
+    python benchmarks/extraction_table.py --include results/extraction_llm_05b.json   # merge only
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ COLUMN_TITLES = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--extractor", action="append", required=True, help="spacy-rules, spacy-rules-v1 or llm; repeatable.")
+    parser.add_argument("--extractor", action="append", default=[], help="spacy-rules, spacy-rules-v1 or llm; repeatable.")
     parser.add_argument("--column", action="append", help="Column name of each --extractor (default: the extractor name).")
     parser.add_argument("--limit", type=int, default=None, help="Records per data set (default: the whole split).")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, default=RESULTS / "extraction_table.json")
+    parser.add_argument("--include", type=Path, nargs="*", default=[],
+                        help="Result JSON files of earlier runs whose rows are copied into the table first.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -53,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give one --column per --extractor")
     settings = Settings()
     table = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": []}
+    for path in args.include:
+        for row in json.loads(path.read_text())["rows"]:
+            key = (row["dataset"], row["column"])
+            table["rows"] = [r for r in table["rows"] if (r["dataset"], r["column"]) != key] + [row]
+    if args.include:
+        _write(table, args.out)
     command = "python benchmarks/extraction_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     for dataset in args.datasets:
