@@ -196,6 +196,8 @@ def test_pike_compose_failure_degrades(sample_kb: KnowledgeBase) -> None:
     assert result.found
     assert result.answer == "Dicer"
     assert result.sub_questions[1]["found"] is False
+    assert "the LLM call failed (timed out), so this sub-question was skipped" in result.sub_questions[1]["notes"]
+    assert "sub-question 2 was skipped because its LLM call failed (timed out)" in result.notes
     assert any("compose step failed" in note for note in result.notes)
     assert result.citations
     cited_in_first = {c["chunk_id"] for c in result.sub_questions[0]["citations"]}

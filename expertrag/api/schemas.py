@@ -106,7 +106,7 @@ class AnswerModel(BaseModel):
     notes: list[str]
     seconds: float
     sub_questions: list[dict[str, Any]] = Field(
-        default=[], description="pike mode: each sub-question with its answer, found flag and citations."
+        default=[], description="pike mode: each sub-question with its answer, found flag, citations and notes."
     )
     communities: list[dict[str, Any]] = Field(
         default=[], description="global mode: the communities asked, with partial answers, scores and cited chunk ids."

@@ -60,7 +60,7 @@ class Answer:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     sub_questions: list[dict[str, Any]] = field(default_factory=list)
-    """PIKE mode: each sub-question with its ``question``, ``answer``, ``found`` and ``citations``."""
+    """PIKE mode: each sub-question with its ``question``, ``answer``, ``found``, ``citations`` and ``notes``."""
     communities: list[dict[str, Any]] = field(default_factory=list)
     """Global mode: the communities whose summaries were used, with their partial answers and scores."""
     links: list[dict[str, Any]] = field(default_factory=list)

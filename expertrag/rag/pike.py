@@ -65,11 +65,14 @@ class PikeAnswerer:
 
         sub_answers: list[Answer] = []
         failures: list[LLMError] = []
-        for template in decomposition.sub_questions:
+        for number, template in enumerate(decomposition.sub_questions, start=1):
             sub_question, unresolved = substitute_answers(template, sub_answers)
             if unresolved:
                 notes.append(f"sub-question {template!r} uses answers that were not found: {unresolved}")
+            failed_before = len(failures)
             sub_answers.append(self._answer_sub_question(sub_question, k, failures))
+            if len(failures) > failed_before:
+                notes.append(f"sub-question {number} was skipped because its LLM call failed ({failures[-1]})")
         if failures and len(failures) == len(sub_answers):
             raise LLMError(f"All {len(sub_answers)} sub-questions failed in the LLM; the last error: {failures[-1]}")
 
@@ -81,7 +84,7 @@ class PikeAnswerer:
         result.notes = notes + [note for note in result.notes if note not in notes]
         result.sub_questions = [
             {"question": sub.question, "answer": sub.answer, "found": sub.found,
-             "citations": [asdict(citation) for citation in sub.citations]}
+             "citations": [asdict(citation) for citation in sub.citations], "notes": list(sub.notes)}
             for sub in sub_answers
         ]
         result.seconds = time.perf_counter() - started
