@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -29,7 +29,18 @@ NEO4J_URI_OPTION = typer.Option(None, "--neo4j-uri", help="Neo4j Bolt URI (defau
 NEO4J_USER_OPTION = typer.Option(None, "--neo4j-user", help="Neo4j user (default: EXPERTRAG_NEO4J_USER; none for a server without auth).")
 NEO4J_PASSWORD_OPTION = typer.Option(None, "--neo4j-password", envvar="EXPERTRAG_NEO4J_PASSWORD", help="Neo4j password.")
 RETRIEVER_OPTION = typer.Option("hybrid", "--retriever", help="dense, bm25, hybrid (dense + BM25 fusion) or graph.")
+ROUTER_OPTION = typer.Option(
+    None, "--router",
+    help="Encode the query with the expert (in <kb>/experts) that this routing strategy picks: "
+         "pilot, centroid, fusion, multitask or fixed:NAME. Prints the expert and the similarities.",
+)
 
+
+
+def _routing_line(decision: Any) -> str:
+    from expertrag.retrievers.experts.kb_routing import routing_summary
+
+    return routing_summary(decision)
 
 
 def _escape_cell(value: str) -> str:
@@ -101,6 +112,7 @@ def query(
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection to search (default: all)."),
     k: Optional[int] = typer.Option(None, "--k", help="Passages given to the LLM."),
     retriever: str = RETRIEVER_OPTION,
+    router: Optional[str] = ROUTER_OPTION,
     mode: str = typer.Option(
         "local", "--mode",
         help="local: answer from retrieved passages; global: from community summaries "
@@ -115,10 +127,12 @@ def query(
     configure_logging(verbose)
     if mode not in ("local", "global", "pike"):
         _fail(ValueError(f"Invalid --mode {mode!r}: use local, global or pike"))
+    if router is not None and mode != "local":
+        _fail(ValueError(f"--router applies to --mode local only, not {mode!r}: drop --router or use --mode local"))
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
             if mode == "local":
-                answer = knowledge_base.answer(question, collection, k, retriever)  # type: ignore[arg-type]
+                answer = knowledge_base.answer(question, collection, k, retriever, router=router)  # type: ignore[arg-type]
             else:
                 answer = knowledge_base.answer_in_mode(question, mode, collection, k, retriever)  # type: ignore[arg-type]
     except ExpertRAGError as error:
@@ -126,6 +140,8 @@ def query(
     if as_json:
         _print_json(answer.to_dict())
         return
+    if getattr(answer, "routing", None) is not None:
+        typer.echo(f"  {_routing_line(answer.routing)}")  # type: ignore[attr-defined]
     for number, sub in enumerate(answer.sub_questions, start=1):
         typer.echo(f"  sub-question {number}: {sub['question']} -> {sub['answer']}")
     for community in answer.communities:
@@ -147,21 +163,26 @@ def retrieve(
     collection: Optional[str] = typer.Option(None, "--collection", "-c"),
     k: int = typer.Option(10, "--k", help="Chunks to return."),
     retriever: str = RETRIEVER_OPTION,
+    router: Optional[str] = ROUTER_OPTION,
     as_json: bool = JSON_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
-    """Print the best chunks for a query."""
+    """Print the best chunks for a query; with --router, first the expert that served it."""
     from expertrag.knowledge_base import KnowledgeBase
 
     configure_logging(verbose)
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
-            hits = knowledge_base.retrieve(text, collection, k, retriever)  # type: ignore[arg-type]
+            hits = knowledge_base.retrieve(text, collection, k, retriever, router=router)  # type: ignore[arg-type]
     except ExpertRAGError as error:
         _fail(error)
+    routing = getattr(hits, "routing", None)
     if as_json:
-        _print_json([hit.to_dict() for hit in hits])
+        # Without --router the output stays a plain list of hits.
+        _print_json(hits.to_dict() if routing is not None else [hit.to_dict() for hit in hits])  # type: ignore[attr-defined]
         return
+    if routing is not None:
+        typer.echo(_routing_line(routing))
     for rank, hit in enumerate(hits, start=1):
         preview = hit.text[:160].replace("\n", " ")
         typer.echo(f"{rank:>3}. {hit.score:.4f} {hit.collection}/{hit.doc_id} {hit.ranks} {preview}")
@@ -278,17 +299,23 @@ def serve(
 
 @eval_app.command("beir")
 def eval_beir(
-    dataset_dir: Path = typer.Argument(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."),
+    dataset_dirs: list[Path] = typer.Argument(..., metavar="DATASET...", help="BEIR folders: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."),
     retriever: list[str] = typer.Option(["dense"], "--retriever", help="dense, bm25 or hybrid; repeat for several."),
     granularity: str = typer.Option("document", help="document: one vector per document (as MTEB); chunk: ingestion's chunks."),
     split: str = typer.Option("test", help="Qrels split to score."),
     kb: Optional[Path] = typer.Option(None, "--kb", help="Search this knowledge base's collection instead of encoding the dataset."),
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection in --kb (default: the dataset folder name)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-query and mean values as JSON here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-query and mean values as JSON here (with --router: the full table as JSON and Markdown)."),
+    router: Optional[str] = typer.Option(
+        None, "--router",
+        help="Score routed dense retrieval instead: pilot, centroid, fusion, multitask, oracle or fixed:NAME, "
+             "in the router table (document vectors, every expert and strategy; see expertrag.eval.router_table).",
+    ),
+    experts_dir: Optional[Path] = typer.Option(None, "--experts-dir", help="With --router: the experts folder (default: <--kb>/experts)."),
     as_json: bool = JSON_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
-    """Print nDCG@10, recall@100 and MRR@10 of each retriever on a BEIR dataset."""
+    """Print nDCG@10, recall@100 and MRR@10 of each retriever on BEIR datasets, or with --router the routing table."""
     import time as clock
 
     from expertrag.atomic import atomic_write_bytes
@@ -298,26 +325,32 @@ def eval_beir(
     from expertrag.settings import Settings
 
     configure_logging(verbose)
+    if router is not None:
+        _eval_router(dataset_dirs, split, kb, experts_dir, router, out, as_json)
+        return
+    if collection is not None and len(dataset_dirs) > 1:
+        _fail(ValueError("--collection names one collection: give one DATASET with it"))
     results: list[BeirResult] = []
     try:
         settings = Settings()
-        dataset = BeirDataset.load(dataset_dir, split)
-        if kb is not None:
-            from expertrag.knowledge_base import KnowledgeBase
+        for dataset_dir in dataset_dirs:
+            dataset = BeirDataset.load(dataset_dir, split)
+            if kb is not None:
+                from expertrag.knowledge_base import KnowledgeBase
 
-            with KnowledgeBase.open(kb, settings) as knowledge_base:
-                name = collection or dataset.name
-                for name_of_retriever in retriever:
-                    started = clock.perf_counter()
-                    run = run_kb_queries(knowledge_base, name, dataset, name_of_retriever)
-                    means, per_query = evaluate_run(dataset.qrels, run)
-                    results.append(BeirResult(dataset.name, split, name_of_retriever, f"kb:{name}",
-                                              knowledge_base.manifest["encoder"], len(dataset.queries),
-                                              len(dataset.documents), means, per_query, clock.perf_counter() - started))
-        else:
-            encoder = Encoder.shared(settings.encoder, settings.device, settings.encode_batch_size)
-            evaluator = BeirEvaluator(dataset, encoder, settings, granularity)  # type: ignore[arg-type]
-            results = [evaluator.evaluate(name_of_retriever, split) for name_of_retriever in retriever]  # type: ignore[arg-type]
+                with KnowledgeBase.open(kb, settings) as knowledge_base:
+                    name = collection or dataset.name
+                    for name_of_retriever in retriever:
+                        started = clock.perf_counter()
+                        run = run_kb_queries(knowledge_base, name, dataset, name_of_retriever)
+                        means, per_query = evaluate_run(dataset.qrels, run)
+                        results.append(BeirResult(dataset.name, split, name_of_retriever, f"kb:{name}",
+                                                  knowledge_base.manifest["encoder"], len(dataset.queries),
+                                                  len(dataset.documents), means, per_query, clock.perf_counter() - started))
+            else:
+                encoder = Encoder.shared(settings.encoder, settings.device, settings.encode_batch_size)
+                evaluator = BeirEvaluator(dataset, encoder, settings, granularity)  # type: ignore[arg-type]
+                results += [evaluator.evaluate(name_of_retriever, split) for name_of_retriever in retriever]  # type: ignore[arg-type]
     except ExpertRAGError as error:
         _fail(error)
 
@@ -332,6 +365,33 @@ def eval_beir(
         m = result.metrics
         typer.echo(f"{result.dataset:<16}{result.retriever:<10}{result.granularity:<16}"
                    f"{m['ndcg@10']:>9.4f}{m['recall@100']:>8.4f}{m['mrr@10']:>8.4f}{result.queries:>9}")
+
+
+def _eval_router(dataset_dirs: list[Path], split: str, kb: Optional[Path], experts_dir: Optional[Path], strategy: str,
+                 out: Optional[Path], as_json: bool) -> None:
+    """Run ``eval beir --router``: score the router table and print the strategy's column."""
+    import shlex
+
+    from expertrag.eval.router_eval import evaluate_router, summary, summary_text, write_outputs
+    from expertrag.retrievers.experts.registry import EXPERTS_FOLDER
+    from expertrag.settings import Settings
+
+    if experts_dir is None and kb is None:
+        _fail(ValueError("--router needs the experts: pass --experts-dir or --kb (whose experts folder is used)"))
+    experts_root = experts_dir if experts_dir is not None else kb / EXPERTS_FOLDER  # type: ignore[operator]
+    try:
+        table, column = evaluate_router(dataset_dirs, split, experts_root, strategy, Settings())
+    except ExpertRAGError as error:
+        _fail(error)
+    if out is not None:
+        arguments = [*map(str, dataset_dirs), "--split", split, "--router", strategy, "--experts-dir", str(experts_root),
+                     "--out", str(out)]
+        write_outputs(table, out, "expertrag eval beir " + " ".join(shlex.quote(a) for a in arguments))
+    if as_json:
+        _print_json(summary(table, column))
+        return
+    for line in summary_text(table, column):
+        typer.echo(line)
 
 
 @eval_app.command("extraction")

@@ -24,7 +24,25 @@ VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Log progress at IN
 
 
 def _experts_root(kb: Path, experts_dir: Optional[Path]) -> Path:
-    return experts_dir if experts_dir is not None else kb / "experts"
+    from expertrag.retrievers.experts.registry import EXPERTS_FOLDER
+
+    return experts_dir if experts_dir is not None else kb / EXPERTS_FOLDER
+
+
+def _recipes(names: Optional[list[str]], learning_rate: Optional[float]) -> tuple[Any, ...]:
+    """Return the default recipes named in ``names`` (all when empty), each with ``learning_rate`` when given."""
+    from dataclasses import replace
+
+    from expertrag.retrievers.experts import DEFAULT_RECIPES
+
+    known = [recipe.name for recipe in DEFAULT_RECIPES]
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown --recipe {', '.join(unknown)}: use {' or '.join(known)}")
+    if learning_rate is not None and learning_rate <= 0:
+        raise typer.BadParameter(f"--learning-rate must be positive, got {learning_rate}")
+    chosen = [recipe for recipe in DEFAULT_RECIPES if not names or recipe.name in names]
+    return tuple(replace(recipe, learning_rate=learning_rate) if learning_rate else recipe for recipe in chosen)
 
 
 @experts_app.command("train")
@@ -40,6 +58,8 @@ def train(
     multitask: bool = typer.Option(False, "--multitask", help="Train one adapter on the stored queries of every domain expert."),
     epochs: int = typer.Option(6, help="Epochs per recipe; the best epoch on validation is kept."),
     rank: int = typer.Option(8, help="LoRA rank."),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", help="Train only this recipe (in-batch or in-batch+hard); repeat for several. Default: all."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Learning rate of every recipe (default: each recipe's own, 2e-4)."),
     batch_size: int = typer.Option(32, help="Queries per training step."),
     seed: int = typer.Option(0, help="Seed of the validation split, sampling and LoRA initialization."),
     min_gain: float = typer.Option(0.005, help="nDCG@10 the expert must gain over the base encoder on validation."),
@@ -96,8 +116,9 @@ def train(
         check_expert_name(name)
         if name in registry.names() and not overwrite:
             raise typer.BadParameter(f"expert {name!r} already exists in {registry.root}: pass --overwrite or remove it")
-        config = TrainingConfig(lora=LoraSpec(rank=rank, alpha=2.0 * rank), epochs=epochs, batch_size=batch_size,
-                                seed=seed, min_validation_gain=min_gain, device=settings.device)
+        config = TrainingConfig(lora=LoraSpec(rank=rank, alpha=2.0 * rank), recipes=_recipes(recipe, learning_rate),
+                                epochs=epochs, batch_size=batch_size, seed=seed, min_validation_gain=min_gain,
+                                device=settings.device)
         with Progress(TextColumn(f"[bold]train {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=as_json or not sys.stderr.isatty(), transient=True) as bar:
             task = bar.add_task("steps", total=None)

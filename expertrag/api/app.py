@@ -80,8 +80,10 @@ def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI
     def query(request: QueryRequest) -> AnswerModel:
         """Answer a question with citations to chunks of the knowledge base."""
         kb = knowledge_base()
-        if request.mode == "local":
-            answer = kb.answer(request.question, request.collection, request.k, request.retriever)
+        if request.mode == "local" or request.router is not None:
+            # answer() rejects a router with another mode, so that request gets a 422.
+            answer = kb.answer(request.question, request.collection, request.k, request.retriever,
+                               router=request.router, mode=request.mode)
         else:
             answer = kb.answer_in_mode(request.question, request.mode, request.collection, request.k, request.retriever)
         return AnswerModel.model_validate(answer.to_dict())
@@ -89,8 +91,11 @@ def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI
     @app.post("/retrieve", response_model=RetrieveResponse, responses=errors)
     def retrieve(request: RetrieveRequest) -> RetrieveResponse:
         """Return the best chunks for a query."""
-        hits = knowledge_base().retrieve(request.query, request.collection, request.k, request.retriever)
-        return RetrieveResponse.model_validate({"hits": [hit.to_dict() for hit in hits]})
+        hits = knowledge_base().retrieve(request.query, request.collection, request.k, request.retriever,
+                                         router=request.router)
+        routing = getattr(hits, "routing", None)
+        return RetrieveResponse.model_validate({"hits": [hit.to_dict() for hit in hits],
+                                                "routing": None if routing is None else routing.to_dict()})
 
     @app.get("/entities/{entity_id}", response_model=EntityResponse, responses=errors)
     def entity(entity_id: str, limit: int = Query(default=50, ge=1, le=1000, description="Facts to return.")) -> EntityResponse:

@@ -218,13 +218,20 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
 
 def build_table(datasets: list[str], registry: ExpertRegistry, settings: Settings, encoder: Encoder,
                 aggregate: str = "weighted") -> dict[str, Any]:
-    """Evaluate every dataset (``NAME`` or ``NAME:SPLIT``, default split ``test``) and add the mean row."""
-    routers = {"static": RouterRetriever(registry, encoder, representation="static", aggregate=aggregate),
-               "base": RouterRetriever(registry, encoder, representation="base", aggregate=aggregate)}
-    rows = []
+    """Evaluate every dataset (``NAME`` or ``NAME:SPLIT`` under the data folder, default split ``test``) and add the mean row."""
+    entries = []
     for entry in datasets:
         name, _, split = entry.partition(":")
-        rows.append(evaluate_dataset(settings.data_dir / name, split or "test", routers, settings))
+        entries.append((settings.data_dir / name, split or "test"))
+    return build_folder_table(entries, registry, settings, encoder, aggregate)
+
+
+def build_folder_table(entries: list[tuple[Path, str]], registry: ExpertRegistry, settings: Settings, encoder: Encoder,
+                       aggregate: str = "weighted") -> dict[str, Any]:
+    """Evaluate every (BEIR folder, qrels split) and add the mean row."""
+    routers = {"static": RouterRetriever(registry, encoder, representation="static", aggregate=aggregate),
+               "base": RouterRetriever(registry, encoder, representation="base", aggregate=aggregate)}
+    rows = [evaluate_dataset(folder, split, routers, settings) for folder, split in entries]
     columns = list(rows[0]["ndcg@10"]) if rows else []
     mean = {column: float(np.mean([row["ndcg@10"][column] for row in rows])) for column in columns}
     experts = {info.name: {"kind": info.kind,

@@ -41,6 +41,8 @@ QUERIES_FILE = "queries.jsonl"
 UNITS_FOLDER = "units"
 FORMAT_VERSION = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXPERTS_FOLDER = "experts"
+"""Folder inside a knowledge base that contains its experts; every collection of the knowledge base uses them."""
 
 
 def check_expert_name(name: str) -> str:

@@ -129,6 +129,7 @@ class RouterRetriever:
         self._static: StaticEmbedder | None = None
         self._library: PilotLibrary | None = None
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
         self._load_experts()
 
     def reload(self) -> None:
@@ -137,7 +138,16 @@ class RouterRetriever:
             self.encoders = ExpertEncoders(self.encoder)
             self.experts = {}
             self._library = None
+            self._warned = set()
             self._load_experts()
+
+    def _warn_once(self, message: str) -> None:
+        """Log ``message`` as a warning the first time, then at debug level, so a server's log is not flooded."""
+        if message in self._warned:
+            logger.debug("%s", message)
+            return
+        self._warned.add(message)
+        logger.warning("%s", message)
 
     def _load_experts(self) -> None:
         for info in self.registry.list():
@@ -262,7 +272,7 @@ class RouterRetriever:
             if target is not None and self.encoders.has(target):
                 return [RoutingDecision(target, strategy, {}, f"{strategy} strategy") for _ in texts], None
             reason = f"expert {target!r} is not available" if target else "no multitask expert is registered"
-            logger.warning("Routing strategy %s falls back to the base encoder: %s", strategy, reason)
+            self._warn_once(f"Routing strategy {strategy} falls back to the base encoder: {reason}")
             return [RoutingDecision(BASE_EXPERT, strategy, {}, f"{reason}; used the base encoder") for _ in texts], None
 
         library = self.library()
