@@ -8,6 +8,7 @@ test answers on the bundled SciFact sample with the real local GGUF model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,13 @@ def test_pike_end_to_end_local_model(sample_kb: KnowledgeBase) -> None:
     payload = result.to_dict()
     assert payload["sub_questions"] == result.sub_questions
     assert payload["communities"] == []
+
+
+def test_cli_query_invalid_mode(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from expertrag.cli import app
+
+    result = CliRunner().invoke(app, ["query", "What?", "--kb", str(tmp_path / "kb"), "--mode", "drift"])
+    assert result.exit_code == 2
+    assert "Invalid --mode 'drift': use local, global or pike" in result.output
