@@ -197,6 +197,14 @@ def test_unlisted_relation_end_gets_pattern_type() -> None:
     assert len(extraction.relations) == 1
 
 
+def test_unlisted_relation_end_of_any_type_is_kept() -> None:
+    schema = ExtractionSchema({"Thing": "", "Place": ""}, (RelationPattern("near"),))
+    reply = json.dumps({"entities": [], "relations": [{"head": "St Mary's Hospital", "relation": "near", "tail": "London"}]})
+    extraction = LLMExtractor(ScriptedBackend(reply), schema).extract([make_chunk()])[0]
+    assert {(e.name, e.label) for e in extraction.entities} == {("St Mary's Hospital", "Thing"), ("London", "Thing")}
+    assert len(extraction.relations) == 1
+
+
 def test_name_found_without_regard_to_case() -> None:
     reply = json.dumps({"entities": [{"name": "PENICILLIN", "type": "Drug"}], "relations": []})
     extraction = LLMExtractor(ScriptedBackend(reply), SCHEMA).extract([make_chunk()])[0]

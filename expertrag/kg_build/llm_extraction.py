@@ -292,8 +292,7 @@ class LLMExtractor:
         Entity types and relation labels are matched without regard to case and
         punctuation. An entity whose name does not occur in the chunk text, or whose type
         the schema lacks, is dropped. A relation end that names no listed entity but occurs
-        in the text becomes an entity of the pattern's type when the pattern allows exactly
-        one. Raises LLMError when the reply contains no JSON object with the expected lists.
+        in the text becomes an entity (see ``_implied_type``). Raises LLMError when the reply contains no JSON object with the expected lists.
         """
         raw = parse_json_output(reply)
         entities_raw = raw.get("entities", [])
@@ -341,8 +340,8 @@ class LLMExtractor:
                 report.notes.append(f"invalid relation {shorten(json.dumps(item), 80)}")
                 continue
             pattern = patterns[label]
-            head = by_name.get(normalize_name(head_name)) or _add_implied(add_entity, head_name, pattern.head)
-            tail = by_name.get(normalize_name(tail_name)) or _add_implied(add_entity, tail_name, pattern.tail)
+            head = by_name.get(normalize_name(head_name)) or add_entity(head_name, self._implied_type(pattern.head))
+            tail = by_name.get(normalize_name(tail_name)) or add_entity(tail_name, self._implied_type(pattern.tail))
             if head is None or tail is None or head[0].entity_id == tail[0].entity_id:
                 report.dropped_relations += 1
                 report.notes.append(f"relation {head_name!r} {label} {tail_name!r} lacks a listed entity")
@@ -357,6 +356,16 @@ class LLMExtractor:
         return extraction, report
 
 
+    def _implied_type(self, allowed: tuple[str, ...]) -> str:
+        """Return the type of a relation end that the reply did not list as an entity.
+
+        Small models often name a relation's tail without listing it. The end gets the
+        pattern's first allowed type, or the schema's first type when the pattern allows any,
+        so the relation is kept. NOTE: that type is a guess whenever more than one type fits.
+        """
+        return allowed[0] if allowed else next(iter(self.schema.entity_types))
+
+
 def _text_field(item: Any, key: str) -> str | None:
     if not isinstance(item, dict):
         return None
@@ -369,13 +378,6 @@ def _text_field(item: Any, key: str) -> str | None:
 
 def _label_key(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", label.lower())
-
-
-def _add_implied(add_entity: Any, name: str, allowed_types: tuple[str, ...]) -> tuple[Entity, list[Mention]] | None:
-    """Add a relation end that the reply did not list as an entity, when its type is unambiguous."""
-    if len(allowed_types) != 1:
-        return None
-    return add_entity(name, allowed_types[0])
 
 
 def _find_mentions(text: str, name: str) -> list[tuple[int, int]]:
