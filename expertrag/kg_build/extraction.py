@@ -176,7 +176,7 @@ class SpacyExtractor:
 
     @staticmethod
     def _verb_relations(verb: Any, resolver: _PronounResolver, add: Any) -> None:
-        """Subject-verb-object links of one verb, with passives turned active and coordinated arguments expanded."""
+        """Add the subject-verb-object links of one verb, with passives turned active and coordinated arguments expanded."""
         lemma = verb.lemma_.lower()
         subjects = [s for child in verb.children if child.dep_ == "nsubj" for s in _with_conjuncts(child)]
         passive_subjects = [s for child in verb.children if child.dep_ == "nsubjpass" for s in _with_conjuncts(child)]
@@ -222,7 +222,7 @@ class SpacyExtractor:
 
     @staticmethod
     def _copula_relations(subject: Any, verb: Any, resolver: _PronounResolver, add: Any) -> None:
-        """Copula patterns: "X is the capital of Y" gives (X, capital_of, Y); "the N of X is Y" gives (X, N, Y)."""
+        """Add copula relations: "X is the capital of Y" gives (X, capital_of, Y), "the N of X is Y" gives (X, N, Y)."""
         for attribute in (child for child in verb.children if child.dep_ == "attr"):
             for preposition in (child for child in attribute.children if child.dep_ == "prep"):
                 for obj in (child for child in preposition.children if child.dep_ == "pobj"):
@@ -235,7 +235,11 @@ class SpacyExtractor:
 
     @staticmethod
     def _apposition_relations(appositive: Any, resolver: _PronounResolver, add: Any) -> None:
-        """Apposition "X, a Y" gives (X, be, Y); between two places (X, located_in, Y); a relational noun adds its phrase."""
+        """Add apposition relations: "X, a Y" gives (X, be, Y), or (X, located_in, Y) between two places.
+
+        A relational noun in apposition adds its prepositional phrase: "X, president of Y"
+        gives (X, president_of, Y).
+        """
         head = resolver.entity_of(appositive.head)
         if head is None:
             return
