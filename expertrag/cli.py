@@ -11,6 +11,7 @@ import typer
 
 from expertrag.cli_communities import communities_app
 from expertrag.cli_experts import experts_app
+from expertrag.cli_qa import eval_qa
 from expertrag.cli_common import fail as _fail
 from expertrag.cli_common import print_json as _print_json
 from expertrag.errors import ExpertRAGError
@@ -19,6 +20,7 @@ from expertrag.logging_config import configure_logging
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and knowledge-graph augmented generation.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answering quality.")
 app.add_typer(eval_app, name="eval")
+eval_app.command("qa")(eval_qa)
 app.add_typer(experts_app, name="experts")
 app.add_typer(communities_app, name="communities")
 
@@ -28,7 +30,11 @@ VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Log progress at IN
 NEO4J_URI_OPTION = typer.Option(None, "--neo4j-uri", help="Neo4j Bolt URI (default: EXPERTRAG_NEO4J_URI or bolt://127.0.0.1:7687).")
 NEO4J_USER_OPTION = typer.Option(None, "--neo4j-user", help="Neo4j user (default: EXPERTRAG_NEO4J_USER; none for a server without auth).")
 NEO4J_PASSWORD_OPTION = typer.Option(None, "--neo4j-password", envvar="EXPERTRAG_NEO4J_PASSWORD", help="Neo4j password.")
-RETRIEVER_OPTION = typer.Option("hybrid", "--retriever", help="dense, bm25, hybrid (dense + BM25 fusion) or graph.")
+RETRIEVER_OPTION = typer.Option(
+    "hybrid", "--retriever",
+    help="dense, bm25, hybrid (dense + BM25 fusion), graph (personalized PageRank from the entities the query "
+         "names) or graph+hybrid (all three fused).",
+)
 ROUTER_OPTION = typer.Option(
     None, "--router",
     help="Encode the query with the expert (in <kb>/experts) that this routing strategy picks: "
@@ -152,8 +158,20 @@ def query(
     for citation in answer.citations:
         typer.echo(f"  [{citation.number}] {citation.collection}/{citation.doc_id} chunk {citation.chunk_id} "
                    f"chars {citation.start}-{citation.end}: {citation.quote}")
+    _echo_graph_evidence(answer.links, answer.paths)
     for note in answer.notes:
         typer.echo(f"  note: {note}")
+
+
+def _echo_graph_evidence(links: list[dict[str, Any]], paths: list[dict[str, Any]]) -> None:
+    """Print the entity links and relation paths of a graph retrieval."""
+    if links:
+        linked = ", ".join(f"{link['text']!r} -> {link['name'] or 'title'} ({link['method']})" for link in links)
+        typer.echo(f"  linked: {linked}")
+    for path in paths:
+        steps = "; ".join(f"{step['subject']} | {step['predicate']} | {step['object']} (chunk {step['chunk_id']} "
+                          f"chars {step['start']}-{step['end']})" for step in path["steps"])
+        typer.echo(f"  path: {steps}")
 
 
 @app.command()
@@ -173,7 +191,18 @@ def retrieve(
     configure_logging(verbose)
     try:
         with KnowledgeBase.open(kb) as knowledge_base:
-            hits = knowledge_base.retrieve(text, collection, k, retriever, router=router)  # type: ignore[arg-type]
+            if router is None and retriever in ("graph", "graph+hybrid"):
+                retrieval = knowledge_base.retrieval(text, collection, k, retriever)  # type: ignore[arg-type]
+                if as_json:
+                    _print_json(retrieval.to_dict())
+                    return
+                _echo_graph_evidence([link.to_dict() for link in retrieval.links],
+                                     [path.to_dict() for path in retrieval.paths])
+                for note in retrieval.notes:
+                    typer.echo(f"  note: {note}")
+                hits = retrieval.hits
+            else:
+                hits = knowledge_base.retrieve(text, collection, k, retriever, router=router)  # type: ignore[arg-type]
     except ExpertRAGError as error:
         _fail(error)
     routing = getattr(hits, "routing", None)

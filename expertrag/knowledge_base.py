@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from expertrag.atomic import atomic_write_bytes
 from expertrag.errors import (
     CollectionNotFoundError,
@@ -40,7 +42,7 @@ from expertrag.rag.answerer import Answer, Answerer, AnswerMode, content_words
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.fusion import reciprocal_rank_fusion
 from expertrag.retrievers.hits import Hit, Retrieval
-from expertrag.retrievers.search import CollectionSearcher, Retriever
+from expertrag.retrievers.search import GRAPH_RETRIEVERS, CollectionSearcher, Retriever
 from expertrag.settings import Settings
 
 if TYPE_CHECKING:
@@ -273,11 +275,14 @@ class KnowledgeBase:
         return RoutedHits(hits, routed.decision)
 
     def retrieval(self, query: str, collection: str | None = None, k: int = 10,
-                  retriever: Retriever = "hybrid") -> Retrieval:
+                  retriever: Retriever = "hybrid", query_vector: np.ndarray | None = None) -> Retrieval:
         """Return the ``k`` best chunks for ``query`` with the entity links, relation paths and notes
-        that the graph retrievers (``graph``, ``graph+hybrid``) record; other retrievers leave those empty."""
+        that the graph retrievers (``graph``, ``graph+hybrid``) record; other retrievers leave those empty.
+
+        ``query_vector`` is the query's normalized embedding when the caller has encoded it already.
+        """
         names = self._target_collections(collection)
-        results = [self.searcher(name).retrieve(query, k, retriever) for name in names]
+        results = [self.searcher(name).retrieve(query, k, retriever, query_vector) for name in names]
         if len(results) == 1:
             return results[0]
         by_id = {hit.chunk_id: hit for result in results for hit in result.hits}
@@ -305,11 +310,11 @@ class KnowledgeBase:
         scored.sort(key=lambda pair: -pair[0])
         return [fact for _, fact in scored[:limit]]
 
-    def evidence_for(self, question: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[str]]:
+    def evidence_for(self, question: str, hits: Sequence[Hit], relative: bool = True) -> tuple[list[Hit], list[str]]:
         """Keep the hits similar enough to the question to show the LLM; return them with notes on what was dropped.
 
-        A hit stays when its cosine similarity to the question is at least ``min_dense_score`` and
-        at least ``relative_dense_score`` times that of the most similar hit.
+        A hit stays when its cosine similarity to the question is at least ``min_dense_score`` and,
+        with ``relative``, at least ``relative_dense_score`` times that of the most similar hit.
         """
         if not hits:
             return [], []
@@ -317,7 +322,7 @@ class KnowledgeBase:
         vectors = self.store.vectors_of([hit.chunk_id for hit in hits])
         similarity = {chunk_id: float(vector @ query) for chunk_id, vector in vectors.items()}
         best = max(similarity.values(), default=0.0)
-        floor = max(self.settings.min_dense_score, self.settings.relative_dense_score * best)
+        floor = max(self.settings.min_dense_score, self.settings.relative_dense_score * best if relative else 0.0)
         kept = [hit for hit in hits if similarity.get(hit.chunk_id, 0.0) >= floor]
         notes = []
         if best < self.settings.min_dense_score:
@@ -350,7 +355,9 @@ class KnowledgeBase:
             return self.answer_in_mode(question, mode, collection, k, retriever)
         if router is None:
             retrieval = self.retrieval(question, collection, k, retriever)
-            hits, notes = self.evidence_for(question, retrieval.hits)
+            # A multi-hop question's second passage often shares few words with the question, so
+            # the graph retrievers keep every passage above the absolute similarity floor.
+            hits, notes = self.evidence_for(question, retrieval.hits, relative=retriever not in GRAPH_RETRIEVERS)
             answer = self.answerer().answer(question, hits, self._facts_with_paths(question, hits, retrieval),
                                             retrieval.notes + notes)
             answer.links = [link.to_dict() for link in retrieval.links]

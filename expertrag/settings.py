@@ -58,9 +58,9 @@ class Settings(BaseSettings):
         default=0.5, ge=0.0, lt=1.0,
         description="Probability that the personalized PageRank walk continues instead of restarting at a seed.",
     )
-    graph_dense_seeds: int = Field(default=20, ge=0, description="Top dense chunks that seed the graph walk.")
+    graph_dense_seeds: int = Field(default=5, ge=0, description="Top dense chunks that seed the graph walk.")
     graph_passage_weight: float = Field(
-        default=1.0, ge=0.0,
+        default=2.0, ge=0.0,
         description="Seed mass of the dense chunks, as a multiple of the mass of the linked entities and titles.",
     )
     graph_path_hops: int = Field(default=3, ge=1, description="Maximum relations on a path between linked entities.")

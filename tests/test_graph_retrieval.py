@@ -89,6 +89,7 @@ def hand_made_graph() -> GraphIndex:
         chunk_ids=chunk_ids,
         entity_ids=entity_ids,
         entity_names=names,
+        entity_labels=["PERSON", "GPE", "ORG", "PERSON", "CONCEPT"],
         entity_chunk_counts=np.array([2, 1, 2, 1, 4]),
         adjacency=adjacency,
         aliases={"marie curie": [0], "curie": [0, 3], "maria sklodowska": [0], "warsaw": [1],

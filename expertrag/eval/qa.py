@@ -205,3 +205,61 @@ def markdown_table(results: Sequence[QaResult]) -> str:
             f"{answer_time} | {m['fallback_to_dense']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def citations_resolve(kb: Any, answer: Any) -> bool:
+    """Return True when every citation of ``answer`` (and of its sub-questions) names a stored chunk
+    whose document text at the cited span equals the quote."""
+    citations = list(answer.citations)
+    for sub_question in getattr(answer, "sub_questions", []) or []:
+        citations.extend(sub_question.get("citations", []))
+    for citation in citations:
+        fields = citation if isinstance(citation, dict) else citation.__dict__
+        chunk = kb.chunk(fields["chunk_id"])
+        if chunk is None:
+            return False
+        document = kb.store.document_text(chunk["collection"], chunk["doc_id"])
+        if document is None or document[fields["start"]:fields["end"]] != fields["quote"]:
+            return False
+    return True
+
+
+def evaluate_kb_qa(kb: Any, collection: str, dataset: QaDataset, retriever: str, mode: str | None,
+                   depth: int = 20) -> QaResult:
+    """Evaluate ``retriever`` (and, with ``mode``, answers in that mode) of a knowledge base on ``dataset``.
+
+    Recall counts the documents of the first ``depth`` retrieved chunks; answers use the
+    ``top_k`` setting's passages, as ``expertrag query`` does.
+    """
+    # Questions are encoded in one batch, as an application serving many users would, and each
+    # question's latency includes its share of that batch.
+    started = time.perf_counter()
+    texts = [question.question for question in dataset.questions]
+    vectors = dict(zip(texts, kb.encoder.encode(texts))) if retriever != "bm25" else {}
+    encode_share = (time.perf_counter() - started) / len(texts)
+
+    def retrieve(question: str) -> tuple[list[str], list[str]]:
+        retrieval = kb.retrieval(question, collection, depth, retriever, vectors.get(question))
+        return [hit.doc_id for hit in retrieval.hits], list(retrieval.notes)
+
+    def answer(question: str) -> tuple[str, bool, list[str]]:
+        result = kb.answer(question, collection, retriever=retriever, mode=mode)
+        return (result.answer if result.found else ""), citations_resolve(kb, result), list(result.notes)
+
+    result = evaluate_qa(dataset, retriever, retrieve, answer if mode else None, mode)
+    for record in result.records:
+        record.retrieval_s += encode_share
+    result.metrics = summarize(result.records)
+    return result
+
+
+def write_results(results: Sequence[QaResult], prefix: Path, command: str) -> tuple[Path, Path]:
+    """Write the results as ``PREFIX.json`` (with per-question records) and ``PREFIX.md`` (table and command)."""
+    from expertrag.atomic import atomic_write_bytes
+
+    json_path, markdown_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    payload = {"command": command, "results": [result.to_dict() for result in results]}
+    atomic_write_bytes(json_path, json.dumps(payload, indent=2).encode("utf-8"))
+    text = f"# Multi-hop QA\n\nRegenerate with:\n\n```\n{command}\n```\n\n{markdown_table(results)}"
+    atomic_write_bytes(markdown_path, text.encode("utf-8"))
+    return json_path, markdown_path

@@ -45,6 +45,7 @@ class GraphIndex:
     chunk_ids: list[str]
     entity_ids: list[str]
     entity_names: list[str]
+    entity_labels: list[str]
     entity_chunk_counts: np.ndarray
     adjacency: sp.csr_matrix
     aliases: dict[str, list[int]]
@@ -128,9 +129,11 @@ def build_graph_index(store: RecordStore, collection: str, fingerprint: str) -> 
             alias_sets[key].add(position)
 
     entity_names = [""] * len(entity_ids)
-    for entity_id, name in _entity_names(store, entity_ids):
+    entity_labels = [""] * len(entity_ids)
+    for entity_id, name, label in _entity_names(store, entity_ids):
         position = entity_position[entity_id]
         entity_names[position] = name
+        entity_labels[position] = label
         key = normalize_name(name)
         if key:
             alias_sets[key].add(position)
@@ -170,6 +173,7 @@ def build_graph_index(store: RecordStore, collection: str, fingerprint: str) -> 
         chunk_ids=chunk_ids,
         entity_ids=entity_ids,
         entity_names=entity_names,
+        entity_labels=entity_labels,
         entity_chunk_counts=entity_chunk_counts,
         adjacency=adjacency,
         aliases={key: sorted(positions) for key, positions in alias_sets.items()},
@@ -183,11 +187,11 @@ def build_graph_index(store: RecordStore, collection: str, fingerprint: str) -> 
     return index
 
 
-def _entity_names(store: RecordStore, entity_ids: list[str], batch: int = 900) -> list[tuple[str, str]]:
-    names: list[tuple[str, str]] = []
+def _entity_names(store: RecordStore, entity_ids: list[str], batch: int = 900) -> list[tuple[str, str, str]]:
+    names: list[tuple[str, str, str]] = []
     for offset in range(0, len(entity_ids), batch):
         part = entity_ids[offset:offset + batch]
         names.extend(store.iter_table(
-            f"SELECT entity_id, name FROM entities WHERE entity_id IN ({','.join('?' * len(part))})", part
+            f"SELECT entity_id, name, label FROM entities WHERE entity_id IN ({','.join('?' * len(part))})", part
         ))
     return names

@@ -34,6 +34,9 @@ from expertrag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+PATH_ENDPOINT_MIN_CHUNKS = 3
+PATH_ENDPOINT_CHUNK_FRACTION = 0.002
+"""A concept (not a named entity) is a path endpoint when at most max(3, 0.2 % of the chunks) mention it."""
 NO_LINK_NOTE = "no entity or title in the query matched the graph, so graph retrieval fell back to dense retrieval"
 
 
@@ -123,6 +126,17 @@ class GraphRetriever:
         logger.info("Added %d synonym edges at cosine >= %.2f", int(keep.sum()), self.settings.graph_synonym_threshold)
         return rows[keep], cols[keep], weights[keep].astype(np.float64)
 
+    @staticmethod
+    def _path_endpoint(graph: GraphIndex, link: Link) -> bool:
+        """Return True for a named entity, or a concept mentioned in few chunks.
+
+        Between generic concepts such as "year" and "university" a short path always exists
+        and explains nothing, so paths join only these endpoints.
+        """
+        label = graph.entity_labels[graph.entity_position[link.entity_id]] if link.entity_id else ""
+        most_chunks = max(PATH_ENDPOINT_MIN_CHUNKS, PATH_ENDPOINT_CHUNK_FRACTION * graph.n_chunks)
+        return label != "CONCEPT" or link.chunk_count <= most_chunks
+
     def query_phrases(self, query: str) -> list[tuple[int, int]]:
         """Return the character spans of the query's named entities and noun chunks (spaCy)."""
         with self._lock:
@@ -169,6 +183,6 @@ class GraphRetriever:
         ranking = [(graph.chunk_ids[i], float(chunk_scores[i])) for i in order if chunk_scores[i] > 0]
         paths = []
         if with_paths:
-            entity_ids = [link.entity_id for link in links if link.entity_id is not None]
+            entity_ids = [link.entity_id for link in links if link.entity_id is not None and self._path_endpoint(graph, link)]
             paths = self._paths.paths_between(self.store, entity_ids, max_hops=self.settings.graph_path_hops)
         return GraphRanking(ranking, links, paths, [])

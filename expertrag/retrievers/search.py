@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 Retriever = Literal["dense", "bm25", "hybrid", "graph", "graph+hybrid"]
 RETRIEVERS: tuple[str, ...] = ("dense", "bm25", "hybrid", "graph", "graph+hybrid")
+GRAPH_RETRIEVERS: tuple[str, ...] = ("graph", "graph+hybrid")
 CANDIDATES = 100
 """Hits each retriever contributes before fusion."""
 
