@@ -1,6 +1,6 @@
 """Tests of routed retrieval through a knowledge base, its CLI and its REST API.
 
-A knowledge base holds the two toy domains of tests/test_experts.py as two collections.
+A knowledge base contains the two toy domains of tests/test_experts.py as two collections.
 Each domain's queries swap three words of its documents for made-up words, so the base
 encoder ranks their documents poorly and a small expert trained on that domain's queries
 ranks them well. ``expertrag experts train --kb KB --collection NAME`` trains one expert per

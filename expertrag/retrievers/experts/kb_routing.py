@@ -91,7 +91,7 @@ class KnowledgeBaseRouter:
     """The :class:`RouterRetriever` over the experts in one folder, reloaded when that folder changes.
 
     A folder without experts is not an error: every query then goes to the base encoder, and
-    the decision says why. Experts whose files are missing or corrupt are skipped with a
+    the decision's reason states that. Experts whose files are missing or corrupt are skipped with a
     logged warning, as :class:`RouterRetriever` does.
     """
 
