@@ -195,3 +195,32 @@ def test_evaluate_counts_records_and_speed() -> None:
     assert data["entities"]["strict"]["predicted"] == 0
     assert data["entities"]["strict"]["gold"] > 0
     assert data["relations"]["strict"]["recall"] == 0.0
+
+
+def test_cli_prints_scores_and_json() -> None:
+    from typer.testing import CliRunner
+
+    from expertrag.cli import app
+
+    folder = str(Settings().data_dir / "conll04")
+    runner = CliRunner()
+    text = runner.invoke(app, ["eval", "extraction", folder, "--limit", "3"])
+    assert text.exit_code == 0, text.output
+    assert "entities strict" in text.output
+    assert "relations relaxed, per type" in text.output
+
+    as_json = runner.invoke(app, ["eval", "extraction", folder, "--limit", "3", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    payload = json.loads(as_json.output)
+    assert payload["records"] == 3
+    assert payload["extractor"] == "spacy-rules"
+
+
+def test_cli_rejects_unknown_extractor() -> None:
+    from typer.testing import CliRunner
+
+    from expertrag.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "extraction", str(Settings().data_dir / "conll04"), "--extractor", "magic"])
+    assert result.exit_code != 0
+    assert "Invalid extractor 'magic'" in result.output
