@@ -7,9 +7,12 @@ what the extractor does with damaged output. One test runs the real default GGUF
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from expertrag.kg_build.llm_extraction import (
     RelationPattern,
     infer_schema,
 )
-from expertrag.rag.llm import LLMBackend, LlamaCppBackend
+from expertrag.rag.llm import LLMBackend, LlamaCppBackend, OpenAICompatibleBackend
 from expertrag.rag.model_files import DEFAULT_GGUF, resolve_gguf
 from expertrag.records import Chunk
 from expertrag.settings import Settings
@@ -257,6 +260,55 @@ def test_infer_schema_from_reply() -> None:
 def test_infer_schema_falls_back_to_generic() -> None:
     assert infer_schema(ScriptedBackend("no json here"), [TEXT]) is GENERIC_SCHEMA
     assert infer_schema(ScriptedBackend('{"entity_types": [], "relations": []}'), [TEXT]) is GENERIC_SCHEMA
+
+
+class _ChatHandler(http.server.BaseHTTPRequestHandler):
+    """Answers POST /v1/chat/completions with the server's next reply in the OpenAI response layout."""
+
+    def do_POST(self) -> None:  # noqa: N802 (name fixed by BaseHTTPRequestHandler)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)  # type: ignore[attr-defined]
+        content = self.server.replies.pop(0)  # type: ignore[attr-defined]
+        payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                           "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_server() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    server.requests = []  # type: ignore[attr-defined]
+    server.replies = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_openai_compatible_backend_extracts(chat_server: http.server.ThreadingHTTPServer) -> None:
+    host, port = chat_server.server_address[:2]
+    chat_server.replies.extend([GOOD_REPLY, "Sorry, I cannot help with that."])  # type: ignore[attr-defined]
+    backend = OpenAICompatibleBackend(Settings(llm_backend="openai", llm_base_url=f"http://{host}:{port}/v1",
+                                               llm_timeout_s=5.0, llm_retries=0))
+    extractor = LLMExtractor(backend, SCHEMA)
+    first, second = extractor.extract([make_chunk(chunk_id="c1"), make_chunk(chunk_id="c2")])
+
+    assert len(first.relations) == 2
+    assert second.relations == []
+    assert extractor.failed_chunks == 1
+    assert extractor.failed_chunk_ids == ["c2"]
+    request = chat_server.requests[0]  # type: ignore[attr-defined]
+    assert request["response_format"]["schema"]["properties"]["entities"]["items"]["properties"]["type"]["enum"] == [
+        "Person", "Drug", "Place"]
 
 
 @pytest.mark.llm
