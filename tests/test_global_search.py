@@ -341,3 +341,14 @@ def test_api_query_global_mode(sample_kb_path: Path, settings: Settings, tmp_pat
         invalid = client.post("/query", json={"question": "What?", "mode": "drift"})
         assert invalid.status_code == 422
         assert "mode" in invalid.text
+
+
+def test_relaxed_schema_drops_bounds() -> None:
+    from expertrag.rag.output_schemas import CITED_ANSWER_SCHEMA, MAP_SCHEMA, relaxed
+
+    loose = relaxed(CITED_ANSWER_SCHEMA)
+    assert "maxLength" not in json.dumps(loose)
+    assert "maxItems" not in json.dumps(loose)
+    assert CITED_ANSWER_SCHEMA["properties"]["answer"]["maxLength"] == 500
+    assert relaxed(MAP_SCHEMA)["properties"]["score"] == {"type": "integer", "minimum": 0, "maximum": 100}
+    assert list(MAP_SCHEMA["properties"]) == ["score", "answer"]

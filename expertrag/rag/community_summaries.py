@@ -16,25 +16,17 @@ from expertrag.errors import LLMError
 from expertrag.kg_build.community_store import Community, CommunityStore
 from expertrag.kg_build.store import Fact, RecordStore
 from expertrag.rag.llm import LLMBackend, parse_json_output
+from expertrag.rag.output_schemas import SUMMARY_SCHEMA, relaxed
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "title": {"type": "string", "minLength": 1},
-        "summary": {"type": "string", "minLength": 1},
-    },
-    "required": ["title", "summary"],
-}
 
 SUMMARY_SYSTEM_PROMPT = (
     "You write a short report about a group of related entities from a document collection. "
     "Use only the entities, relations and excerpts you are given. "
     "Give a title of at most ten words that names the main topic, and a summary of two to four sentences "
     "that says what the entities are and how they are related. "
-    'Reply with JSON only, for example: {"title": "Aspirin and platelet inhibition", '
-    '"summary": "Aspirin inhibits cyclooxygenase in platelets. ..."}.'
+    'Reply with JSON only, for example: {"title": "Protein A and cell growth", '
+    '"summary": "Protein A binds receptor B, which drives cell growth. ..."}.'
 )
 
 # Prompt bounds: a small local model spends most of a call reading the prompt.
@@ -42,8 +34,8 @@ MAX_ENTITIES = 10
 MAX_FACTS = 8
 MAX_EXCERPT_CHARS = 300
 MAX_TITLE_CHARS = 120
-# Reply bound: two to four sentences fit. A reply cut at this bound has its JSON repaired.
-SUMMARY_MAX_TOKENS = 160
+# Reply bound: room for the schema's 100-character title and 500-character summary.
+SUMMARY_MAX_TOKENS = 220
 # Consecutive failed summaries after which a run stops, because the backend is likely down.
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -106,7 +98,7 @@ class CommunitySummarizer:
             {"role": "user", "content": self.describe(community)},
         ]
         raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=SUMMARY_SCHEMA)
-        reply = parse_json_output(raw, SUMMARY_SCHEMA)
+        reply = parse_json_output(raw, relaxed(SUMMARY_SCHEMA))
         title = " ".join(str(reply["title"]).split())[:MAX_TITLE_CHARS]
         summary = " ".join(str(reply["summary"]).split())
         if not title or not summary:

@@ -16,16 +16,12 @@ from typing import Any, Literal
 
 from expertrag.errors import LLMError
 from expertrag.rag.llm import LLMBackend, parse_json_output, shorten
+from expertrag.rag.output_schemas import decompose_schema, relaxed
 
 logger = logging.getLogger(__name__)
 
-DECOMPOSE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "sub_questions": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-    },
-    "required": ["sub_questions"],
-}
+# Validation schema of a reply; decoding is constrained by ``decompose_schema(max_sub_questions)``.
+DECOMPOSE_SCHEMA = relaxed(decompose_schema(1))
 
 DECOMPOSE_SYSTEM_PROMPT = (
     "You split a question into the simple questions that must be answered, in order, to answer it. "
@@ -69,7 +65,7 @@ class Decomposition:
 class Decomposer:
     """Splitter of questions into sub-questions: the LLM first, rules as the fallback."""
 
-    def __init__(self, backend: LLMBackend | None, max_sub_questions: int = 4, max_tokens: int = 160) -> None:
+    def __init__(self, backend: LLMBackend | None, max_sub_questions: int = 4, max_tokens: int = 200) -> None:
         self.backend = backend
         self.max_sub_questions = max_sub_questions
         self.max_tokens = max_tokens
@@ -88,7 +84,8 @@ class Decomposer:
                 {"role": "user", "content": f"Question: {question}"},
             ]
             try:
-                raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=DECOMPOSE_SCHEMA)
+                schema = decompose_schema(self.max_sub_questions)
+                raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=schema)
                 sub_questions = parse_sub_questions(raw, self.max_sub_questions)
                 return Decomposition(question, sub_questions, "llm", notes)
             except LLMError as error:

@@ -22,35 +22,27 @@ from expertrag.kg_build.community_store import Community, CommunityStore
 from expertrag.kg_build.store import RecordStore
 from expertrag.rag.answerer import NOT_FOUND_ANSWER, Answer, cite_sentence
 from expertrag.rag.llm import LLMBackend, parse_json_output
-from expertrag.rag.prompts import ANSWER_SCHEMA, NOT_FOUND
+from expertrag.rag.output_schemas import CITED_ANSWER_SCHEMA, MAP_SCHEMA, relaxed
+from expertrag.rag.prompts import NOT_FOUND
 from expertrag.retrievers.hits import Hit
 from expertrag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAP_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "answer": {"type": "string"},
-        "score": {"type": "integer", "minimum": 0, "maximum": 100},
-    },
-    "required": ["answer", "score"],
-}
-
 MAP_SYSTEM_PROMPT = (
     "You answer a question using only one report about a group of related entities. "
     "Give the part of the answer that the report supports in one or two sentences, and a score from 0 to 100 "
     "for how helpful the report is for the question (0: not related, 100: answers it fully). "
-    'Reply with JSON only, for example: {"answer": "Aspirin lowers the risk of a second heart attack.", "score": 70}. '
-    f'If the report does not help, reply {{"answer": "{NOT_FOUND}", "score": 0}}.'
+    'Reply with JSON only, for example: {"score": 70, "answer": "Protein A drives cell growth through receptor B."}. '
+    f'If the report does not help, reply {{"score": 0, "answer": "{NOT_FOUND}"}}.'
 )
 
 REDUCE_SYSTEM_PROMPT = (
     "You answer a question by combining numbered partial answers, each taken from one report. "
     "Use only what the partial answers state, answer in at most three sentences, "
     "and list the numbers of the partial answers you used. "
-    'Reply with JSON only, for example: {"answer": "Both reports link aspirin to fewer heart attacks.", "citations": [1, 2]}. '
-    f'If the partial answers do not answer the question, reply {{"answer": "{NOT_FOUND}", "citations": []}}.'
+    'Reply with JSON only, for example: {"citations": [1, 2], "answer": "Both reports link protein A to cell growth."}. '
+    f'If the partial answers do not answer the question, reply {{"citations": [], "answer": "{NOT_FOUND}"}}.'
 )
 
 MAX_SUMMARY_CHARS = 1200
@@ -122,7 +114,7 @@ class GlobalSearch:
             {"role": "user", "content": f"Report: {community.title}\n{summary}\n\nQuestion: {question}"},
         ]
         raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=MAP_SCHEMA)
-        reply = parse_json_output(raw, MAP_SCHEMA)
+        reply = parse_json_output(raw, relaxed(MAP_SCHEMA))
         text = " ".join(str(reply["answer"]).split())
         score = int(reply["score"])
         if not text or NOT_FOUND.lower() in text.lower():
@@ -139,8 +131,8 @@ class GlobalSearch:
             {"role": "system", "content": REDUCE_SYSTEM_PROMPT},
             {"role": "user", "content": "Partial answers:\n" + "\n".join(numbered) + f"\n\nQuestion: {question}"},
         ]
-        raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=ANSWER_SCHEMA)
-        reply = parse_json_output(raw, ANSWER_SCHEMA)
+        raw = self.backend.complete(messages, max_tokens=self.max_tokens, json_schema=CITED_ANSWER_SCHEMA)
+        reply = parse_json_output(raw, relaxed(CITED_ANSWER_SCHEMA))
         text = " ".join(str(reply["answer"]).split())
         numbers = [n for n in dict.fromkeys(reply["citations"]) if isinstance(n, int) and 1 <= n <= len(partials)]
         return text, numbers

@@ -18,7 +18,8 @@ from expertrag.errors import LLMError
 from expertrag.rag.answerer import NOT_FOUND_ANSWER, Answer, Answerer, cite_sentence
 from expertrag.rag.decompose import PLACEHOLDER, Decomposer
 from expertrag.rag.llm import parse_json_output
-from expertrag.rag.prompts import ANSWER_SCHEMA, NOT_FOUND
+from expertrag.rag.output_schemas import CITED_ANSWER_SCHEMA, relaxed
+from expertrag.rag.prompts import NOT_FOUND
 from expertrag.retrievers.hits import Hit
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ RetrieveFunction = Callable[[str, int], list[Hit]]
 COMPOSE_SYSTEM_PROMPT = (
     "You answer a question from the answers to its sub-questions and the numbered passages they come from. "
     "Answer with one complete sentence and list the numbers of the passages that support it. "
-    'Reply with JSON only, for example: {"answer": "The director of Alien was born in South Shields.", "citations": [1, 3]}. '
-    f'If the sub-answers and passages do not answer the question, reply {{"answer": "{NOT_FOUND}", "citations": []}}.'
+    'Reply with JSON only, for example: {"citations": [1, 3], "answer": "The director of Alien was born in South Shields."}. '
+    f'If the sub-answers and passages do not answer the question, reply {{"citations": [], "answer": "{NOT_FOUND}"}}.'
 )
 # Passages shown to the compose step at most: the cited ones of every sub-answer come first.
 MAX_COMPOSE_PASSAGES = 8
@@ -148,8 +149,8 @@ class PikeAnswerer:
             {"role": "system", "content": COMPOSE_SYSTEM_PROMPT},
             {"role": "user", "content": "\n".join(lines)},
         ]
-        raw = self.answerer.backend.complete(messages, max_tokens=self.answerer.max_tokens, json_schema=ANSWER_SCHEMA)
-        reply = parse_json_output(raw, ANSWER_SCHEMA)
+        raw = self.answerer.backend.complete(messages, max_tokens=self.answerer.max_tokens, json_schema=CITED_ANSWER_SCHEMA)
+        reply = parse_json_output(raw, relaxed(CITED_ANSWER_SCHEMA))
         text = " ".join(str(reply["answer"]).split())
         numbers = [n for n in dict.fromkeys(reply["citations"]) if isinstance(n, int) and 1 <= n <= len(passages)]
         return text, numbers
