@@ -306,9 +306,10 @@ def test_openai_compatible_backend_extracts(chat_server: http.server.ThreadingHT
     assert second.relations == []
     assert extractor.failed_chunks == 1
     assert extractor.failed_chunk_ids == ["c2"]
-    request = chat_server.requests[0]  # type: ignore[attr-defined]
-    assert request["response_format"]["schema"]["properties"]["entities"]["items"]["properties"]["type"]["enum"] == [
-        "Person", "Drug", "Place"]
+    response_format = chat_server.requests[0]["response_format"]  # type: ignore[attr-defined]
+    assert response_format["type"] == "json_schema"
+    schema = response_format["json_schema"]["schema"]
+    assert schema["properties"]["entities"]["items"]["properties"]["type"]["enum"] == ["Person", "Drug", "Place"]
 
 
 @pytest.mark.llm
