@@ -1,8 +1,8 @@
 """JSON Schemas of the LLM replies in community summaries, global search and PIKE decomposition.
 
-Each schema is used twice. The backend constrains decoding with it: llama.cpp turns
-``maxLength`` and ``maxItems`` into grammar bounds, so a string closes before the reply
-reaches ``max_tokens`` and the JSON stays whole. The reply is then validated with
+Each schema is used twice. The backend constrains decoding with it: llama-cpp-python
+0.3.36 turns ``maxLength`` and ``maxItems`` into grammar bounds, so a string closes before
+the reply reaches ``max_tokens`` and the JSON stays whole. The reply is then validated with
 ``relaxed(schema)``, which drops those bounds, so a server that ignores the schema and
 writes a longer string is not rejected for it. Short fields come first, because a
 reply cut at ``max_tokens`` loses its last member.
