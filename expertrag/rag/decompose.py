@@ -65,10 +65,11 @@ class Decomposition:
 class Decomposer:
     """Splitter of questions into sub-questions: the LLM first, rules as the fallback."""
 
-    def __init__(self, backend: LLMBackend | None, max_sub_questions: int = 4, max_tokens: int = 200) -> None:
+    def __init__(self, backend: LLMBackend | None, max_sub_questions: int = 4, max_tokens: int | None = None) -> None:
         self.backend = backend
         self.max_sub_questions = max_sub_questions
-        self.max_tokens = max_tokens
+        # About 50 tokens per 160-character sub-question, so the grammar closes the list in time.
+        self.max_tokens = max_tokens or 50 * max_sub_questions + 40
 
     def decompose(self, question: str) -> Decomposition:
         """Return the sub-questions of ``question``.
