@@ -197,6 +197,30 @@ def test_retrieve_single_retriever_ranks(sample_client: httpx.Client, retriever:
     assert scores == sorted(scores, reverse=True)
 
 
+def test_retrieve_graph_returns_links_and_paths(sample_client: httpx.Client, sample_kb: KnowledgeBase) -> None:
+    response = sample_client.post("/retrieve", json={"query": "Does ADAR1 form a complex with Dicer?", "k": 5,
+                                                    "retriever": "graph"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert "adar1" in {link["text"].lower() for link in body["links"]}
+    assert body["notes"] == []
+    assert body["paths"], "ADAR1 and Dicer are joined by an extracted relation in the sample"
+    for step in body["paths"][0]["steps"]:
+        assert sample_kb.chunk(step["chunk_id"]) is not None
+    assert all(set(hit["ranks"]) <= {"dense", "graph"} for hit in body["hits"])
+
+
+def test_retrieve_graph_without_link_says_fallback(sample_client: httpx.Client) -> None:
+    response = sample_client.post("/retrieve", json={"query": "what is it about", "k": 3, "retriever": "graph"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["links"] == []
+    assert len(body["notes"]) == 1
+    assert "fell back to dense retrieval" in body["notes"][0]
+
+
 # POST /query
 
 

@@ -29,6 +29,7 @@ from expertrag.errors import (
     LLMError,
 )
 from expertrag.knowledge_base import KnowledgeBase
+from expertrag.retrievers.search import GRAPH_RETRIEVERS
 from expertrag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ def create_app(kb_path: str | Path, settings: Settings | None = None) -> FastAPI
 
     @app.post("/retrieve", response_model=RetrieveResponse, responses=errors)
     def retrieve(request: RetrieveRequest) -> RetrieveResponse:
-        """Return the best chunks for a query."""
+        """Return the best chunks for a query; graph retrievers add entity links, paths and notes."""
+        if request.router is None and request.retriever in GRAPH_RETRIEVERS:
+            retrieval = knowledge_base().retrieval(request.query, request.collection, request.k, request.retriever)
+            return RetrieveResponse.model_validate(retrieval.to_dict())
         hits = knowledge_base().retrieve(request.query, request.collection, request.k, request.retriever,
                                          router=request.router)
         routing = getattr(hits, "routing", None)

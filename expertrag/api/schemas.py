@@ -94,6 +94,45 @@ class FactModel(BaseModel):
     end: int
 
 
+class LinkModel(BaseModel):
+    """A query span linked to a graph entity, or to a document title (then ``chunk_ids`` is set)."""
+
+    text: str
+    start: int
+    end: int
+    method: Literal["exact", "alias", "title", "embedding"]
+    score: float
+    entity_id: str | None = None
+    name: str | None = None
+    chunk_count: int = 0
+    chunk_ids: list[str] = []
+
+
+class PathStepModel(BaseModel):
+    """One relation of a path with the chunk and character span that state it."""
+
+    relation_id: str
+    subject_id: str
+    subject: str
+    predicate: str
+    object_id: str
+    object: str
+    chunk_id: str
+    start: int
+    end: int
+
+
+class PathModel(BaseModel):
+    """A shortest relation path between two linked entities."""
+
+    source_id: str
+    target_id: str
+    steps: list[PathStepModel]
+
+
+GRAPH_EVIDENCE = "Only the graph retrievers (graph, graph+hybrid) fill this."
+
+
 class AnswerModel(BaseModel):
     """An answer with its citations and evidence."""
 
@@ -112,6 +151,8 @@ class AnswerModel(BaseModel):
         default=[], description="global mode: the communities asked, with partial answers, scores and cited chunk ids."
     )
     routing: RoutingModel | None = Field(default=None, description="The routing decision; null without router.")
+    links: list[LinkModel] = Field(default=[], description="Query spans linked to entities or titles. " + GRAPH_EVIDENCE)
+    paths: list[PathModel] = Field(default=[], description="Relation paths between linked entities. " + GRAPH_EVIDENCE)
 
 
 class RetrieveResponse(BaseModel):
@@ -119,6 +160,9 @@ class RetrieveResponse(BaseModel):
 
     hits: list[HitModel]
     routing: RoutingModel | None = Field(default=None, description="The routing decision; null without router.")
+    links: list[LinkModel] = Field(default=[], description="Query spans linked to entities or titles. " + GRAPH_EVIDENCE)
+    paths: list[PathModel] = Field(default=[], description="Relation paths between linked entities. " + GRAPH_EVIDENCE)
+    notes: list[str] = Field(default=[], description="What retrieval fell back to, if anything. " + GRAPH_EVIDENCE)
 
 
 class HealthResponse(BaseModel):
