@@ -91,7 +91,7 @@ def load_extraction_records(dataset_dir: Path, split: str = "test", limit: int |
 
 
 def dataset_name(dataset_dir: Path) -> str:
-    """Return the layout name of ``dataset_dir`` (its folder name), or raise InputError when no loader knows it."""
+    """Return the layout name of ``dataset_dir`` (its folder name). Raises InputError when no loader reads that layout."""
     name = Path(dataset_dir).name
     if name not in LOADERS:
         raise InputError(
