@@ -184,3 +184,24 @@ def test_graph_retrieval_without_links_falls_back(sample_kb: KnowledgeBase) -> N
     dense = sample_kb.retrieve("what is it about", SAMPLE_COLLECTION, k=5, retriever="dense")
     assert retrieval.notes == [NO_LINK_NOTE]
     assert [h.chunk_id for h in retrieval.hits] == [h.chunk_id for h in dense]
+
+
+def test_synonym_edges_join_close_names(sample_kb: KnowledgeBase, tmp_path) -> None:
+    from expertrag.retrievers.graph_retriever import GraphRetriever
+
+    settings = sample_kb.settings.model_copy(update={"graph_synonym_edges": True, "graph_synonym_threshold": 0.9})
+    retriever = GraphRetriever(sample_kb.store, SAMPLE_COLLECTION, tmp_path, sample_kb.encoder.encode, settings)
+    fingerprint = sample_kb.searcher(SAMPLE_COLLECTION).current_fingerprint()
+    graph = retriever.graph(fingerprint)
+    rows, cols, weights = retriever._synonym_edges(graph)
+
+    assert len(rows) > 0
+    assert (rows < cols).all()
+    assert (weights >= 0.9).all()
+    vectors = retriever.name_vectors()
+    cosines = np.einsum("ij,ij->i", vectors[rows], vectors[cols])
+    assert cosines == pytest.approx(weights, abs=1e-4)
+    # The cached name vectors are reused: a second call reads the file written by the first.
+    assert (tmp_path / f"{SAMPLE_COLLECTION}.entity_names.npz").is_file()
+    retriever._name_vectors = None
+    assert np.array_equal(retriever.name_vectors(), vectors)
