@@ -300,6 +300,7 @@ def test_pike_down_server_error(sample_kb: KnowledgeBase) -> None:
     assert "Cannot reach the LLM server" in str(raised.value)
 
 
+@pytest.mark.llm
 def test_llama_cpp_generation_timeout(default_gguf: Path) -> None:  # noqa: F811 (fixture imported above)
     backend = LlamaCppBackend(Settings(llm_context_tokens=1024, llm_local_timeout_s=0.05), model_path=default_gguf)
     try:
@@ -309,6 +310,7 @@ def test_llama_cpp_generation_timeout(default_gguf: Path) -> None:  # noqa: F811
         backend.close()
 
 
+@pytest.mark.llm
 def test_decompose_through_llama_server(llama_server_url: str) -> None:  # noqa: F811 (fixture imported above)
     from expertrag.rag.decompose import Decomposer
 
