@@ -353,22 +353,23 @@ class KnowledgeBase:
             raise InputError(f"Routing applies to mode 'local' only, not {mode!r}: drop router or use mode local")
         if mode != "local":
             return self.answer_in_mode(question, mode, collection, k, retriever)
-        if router is None:
-            retrieval = self.retrieval(question, collection, k, retriever)
-            # A multi-hop question's second passage often shares few words with the question, so
-            # the graph retrievers keep every passage above the absolute similarity floor.
-            hits, notes = self.evidence_for(question, retrieval.hits, relative=retriever not in GRAPH_RETRIEVERS)
-            answer = self.answerer().answer(question, hits, self._facts_with_paths(question, hits, retrieval),
-                                            retrieval.notes + notes)
-            answer.links = [link.to_dict() for link in retrieval.links]
-            answer.paths = [path.to_dict() for path in retrieval.paths]
-            return answer
-        retrieved = self.retrieve(question, collection, k, retriever, router)
-        hits, notes = self.evidence_for(question, retrieved)
-        answer = self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
-        from expertrag.retrievers.experts.kb_routing import RoutedAnswer
-
-        return RoutedAnswer.from_answer(answer, retrieved.routing)  # type: ignore[attr-defined]
+        routed = None if router is None else self.expert_router().prepare(question, router)
+        if routed is not None and len(routed.vectors) > 1:
+            # Fusion merges one result list per expert, so there is no single query vector for retrieval().
+            retrieved = self.retrieve(question, collection, k, retriever, router)
+            hits, notes = self.evidence_for(question, retrieved)
+            answer = self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
+            return routed.answer(answer)
+        query_vector = None if routed is None else next(iter(routed.vectors.values()))
+        retrieval = self.retrieval(question, collection, k, retriever, query_vector)
+        # A multi-hop question's second passage often shares few words with the question, so
+        # the graph retrievers keep every passage above the absolute similarity floor.
+        hits, notes = self.evidence_for(question, retrieval.hits, relative=retriever not in GRAPH_RETRIEVERS)
+        answer = self.answerer().answer(question, hits, self._facts_with_paths(question, hits, retrieval),
+                                        retrieval.notes + notes)
+        answer.links = [link.to_dict() for link in retrieval.links]
+        answer.paths = [path.to_dict() for path in retrieval.paths]
+        return answer if routed is None else routed.answer(answer)
 
     def _facts_with_paths(self, question: str, hits: Sequence[Hit], retrieval: Retrieval) -> list[Fact]:
         """Return the question's facts from the hits, then the steps of relation paths whose chunk is among them."""

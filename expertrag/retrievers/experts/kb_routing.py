@@ -10,6 +10,10 @@ it does without routing (BM25, fusion and graph retrieval included), except that
 query's vector comes from the expert the router picked. ``fusion`` searches once per
 candidate (the base encoder and each domain expert) and merges the result lists by
 reciprocal-rank fusion.
+
+NOTE: ``KnowledgeBase.answer`` still filters the routed hits by their base-encoder
+similarity to the question (``evidence_for``), so a passage that only the expert ranks
+high can be left out of the LLM's evidence.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from expertrag.retrievers.experts.router import FUSION_DEPTH, RouterRetriever, R
 from expertrag.retrievers.hits import Hit
 
 logger = logging.getLogger(__name__)
+
 
 class RoutedHits(list[Hit]):
     """Hits, best first, with the routing decision of the query that found them.
@@ -81,6 +86,10 @@ class RoutedQuery:
                 by_id.setdefault(hit.chunk_id, hit)
         fused = fuse_rankings([[hit.chunk_id for hit in hits] for hits in lists])
         return [replace(by_id[chunk_id], score=score) for chunk_id, score in fused[:k]]
+
+    def answer(self, answer: Answer) -> "RoutedAnswer":
+        """Return ``answer`` with this query's routing decision."""
+        return RoutedAnswer.from_answer(answer, self.decision)
 
     def _search_one(self, searcher: Any, vector: np.ndarray, k: int, retriever: str) -> list[Hit]:
         query_vector = np.ascontiguousarray(vector, dtype=np.float32)
