@@ -313,6 +313,9 @@ class LLMExtractor:
                 report.dropped_entities += 1
                 report.notes.append(f"entity {name!r} not in the text")
                 return None
+            # The name as the text writes it: the model may change its case ("Penicillin").
+            start, end = mentions_at[0]
+            name = chunk.text[start:end]
             entity = Entity(entity_id_for(name, entity_type), name, entity_type)
             mentions = [Mention(chunk.chunk_id, entity.entity_id, chunk.start + start, chunk.start + end,
                                 chunk.text[start:end]) for start, end in mentions_at]
