@@ -121,6 +121,20 @@ def test_cli_train_writes_into_kb_experts(toy):
         assert source["kind"] == "qrels"
 
 
+def test_cli_train_rejects_invalid_recipe_options(toy):
+    from expertrag.cli_experts import experts_app
+
+    base_args = ["train", "other", "--kb", str(toy.kb_path), "--collection", "animals", "--data",
+                 str(toy.folders["animals"]), "--epochs", "1"]
+    unknown = CliRunner().invoke(experts_app, [*base_args, "--recipe", "nothing"])
+    assert unknown.exit_code == 2
+    assert "unknown --recipe nothing" in unknown.output
+    negative = CliRunner().invoke(experts_app, [*base_args, "--learning-rate", "-1"])
+    assert negative.exit_code == 2
+    assert "--learning-rate must be positive" in negative.output
+    assert "other" not in ExpertRegistry(toy.kb_path / "experts").names()
+
+
 def test_router_without_experts_uses_base(toy):
     assert toy.experts_folder_before is False
     for domain in DOMAINS:
