@@ -34,8 +34,8 @@ MAX_ENTITIES = 10
 MAX_FACTS = 8
 MAX_EXCERPT_CHARS = 300
 MAX_TITLE_CHARS = 120
-# Reply bound: room for the schema's 100-character title and 500-character summary.
-SUMMARY_MAX_TOKENS = 220
+# Reply bound: a title and two to four sentences fit. A cut summary is closed by the JSON repair.
+SUMMARY_MAX_TOKENS = 200
 # Consecutive failed summaries after which a run stops, because the backend is likely down.
 MAX_CONSECUTIVE_FAILURES = 3
 

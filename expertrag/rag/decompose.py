@@ -68,7 +68,7 @@ class Decomposer:
     def __init__(self, backend: LLMBackend | None, max_sub_questions: int = 4, max_tokens: int | None = None) -> None:
         self.backend = backend
         self.max_sub_questions = max_sub_questions
-        # About 50 tokens per 160-character sub-question, so the grammar closes the list in time.
+        # About 50 tokens per sub-question, so a full list fits.
         self.max_tokens = max_tokens or 50 * max_sub_questions + 40
 
     def decompose(self, question: str) -> Decomposition:
