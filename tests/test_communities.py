@@ -259,7 +259,10 @@ def test_summarizer_stops_after_repeated_failures(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    ['{"title": "Cut off', "", '{"title": "", "summary": ""}', '```json\n{"summary": "no title"}\n```'],
+    [
+        '{"title": "Cut off', "", '{"title": "", "summary": ""}', '```json\n{"summary": "no title"}\n```',
+        '{"title": "Protein A and cell growth", "summary": "Protein A binds receptor B."}',
+    ],
 )
 def test_summary_rejects_bad_reply(two_cluster_store: RecordStore, reply: str) -> None:
     community = detect_communities(load_entity_graph(two_cluster_store), Settings())[0]

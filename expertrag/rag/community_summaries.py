@@ -20,12 +20,15 @@ from expertrag.rag.output_schemas import SUMMARY_SCHEMA, relaxed
 
 logger = logging.getLogger(__name__)
 
+# The prompt's example title; the 0.5B model sometimes returns it unchanged.
+EXAMPLE_TITLE = "Protein A and cell growth"
+
 SUMMARY_SYSTEM_PROMPT = (
     "You write a short report about a group of related entities from a document collection. "
     "Use only the entities, relations and excerpts you are given. "
     "Give a title of at most ten words that names the main topic, and a summary of two to four sentences "
     "that says what the entities are and how they are related. "
-    'Reply with JSON only, for example: {"title": "Protein A and cell growth", '
+    f'Reply with JSON only, for example: {{"title": "{EXAMPLE_TITLE}", '
     '"summary": "Protein A binds receptor B, which drives cell growth. ..."}.'
 )
 
@@ -103,6 +106,8 @@ class CommunitySummarizer:
         summary = " ".join(str(reply["summary"]).split())
         if not title or not summary:
             raise LLMError(f"LLM summary of community {community.community_id} has an empty title or summary: {reply!r}")
+        if title.lower() == EXAMPLE_TITLE.lower():
+            raise LLMError(f"LLM summary of community {community.community_id} copies the prompt's example: {reply!r}")
         return title, summary
 
     def describe(self, community: Community) -> str:
