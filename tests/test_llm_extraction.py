@@ -327,7 +327,8 @@ def test_local_model_extracts_short_sentence() -> None:
     labels = {e.name: e.label for e in extraction.entities}
     assert extractor.failed_chunks == 0
     assert labels.get("Alexander Fleming") == "Person"
-    # The 0.5B model finds penicillin but, at temperature 0, types it as a Place.
-    assert "penicillin" in labels
+    # The 0.5B model finds penicillin but types it as a Place, and llama.cpp builds differ
+    # on whether it writes "penicillin" or "Penicillin".
+    assert "penicillin" in {name.lower() for name in labels}
     for mention in extraction.mentions:
         assert "Alexander Fleming discovered penicillin."[mention.start:mention.end] == mention.text
