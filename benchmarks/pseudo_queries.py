@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from expertrag.eval.beir import BeirDataset
+from expertrag.eval.embedding_cache import encode_cached
 from expertrag.eval.metrics import evaluate_run
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.experts import (
@@ -33,7 +34,6 @@ from expertrag.retrievers.experts import (
     train_expert,
 )
 from expertrag.retrievers.experts.data import TrainingData, document_text
-from expertrag.eval.embedding_cache import encode_cached
 from expertrag.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,11 +9,11 @@ from typing import Any, Optional
 
 import typer
 
+from expertrag.cli_common import fail as _fail
+from expertrag.cli_common import print_json as _print_json
 from expertrag.cli_communities import communities_app
 from expertrag.cli_experts import experts_app
 from expertrag.cli_qa import eval_qa
-from expertrag.cli_common import fail as _fail
-from expertrag.cli_common import print_json as _print_json
 from expertrag.errors import ExpertRAGError
 from expertrag.logging_config import configure_logging
 

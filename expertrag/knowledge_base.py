@@ -33,9 +33,9 @@ from expertrag.errors import (
 )
 from expertrag.kg_build.chunking import Chunker
 from expertrag.kg_build.extraction import SpacyExtractor, load_spacy
+from expertrag.kg_build.graph_store import GraphStore, SyncReport
 from expertrag.kg_build.loaders import CorpusFormat, OnError, open_corpus
 from expertrag.kg_build.pipeline import IngestionPipeline, IngestReport, ProgressCallback
-from expertrag.kg_build.graph_store import GraphStore, SyncReport
 from expertrag.kg_build.rdf import ExportFormat, RdfGraphStore
 from expertrag.kg_build.store import Fact, RecordStore
 from expertrag.rag.answerer import Answer, Answerer, AnswerMode, content_words
@@ -380,8 +380,7 @@ class KnowledgeBase:
             for step in path.steps:
                 if step.chunk_id in shown and step.relation_id not in known:
                     known.add(step.relation_id)
-                    facts.append(Fact(step.relation_id, step.subject_id, step.subject, step.predicate,
-                                      step.object_id, step.object, step.chunk_id, step.start, step.end))
+                    facts.append(step)
         return facts
 
     def answer_in_mode(self, question: str, mode: AnswerMode, collection: str | None = None, k: int | None = None,

@@ -9,6 +9,7 @@ from expertrag.rag.answerer import NOT_FOUND_ANSWER, Answerer
 from expertrag.retrievers.hits import Hit
 from expertrag.sample import SAMPLE_QUESTION
 
+
 def assert_citations_resolve(kb: KnowledgeBase, answer) -> None:
     for citation in answer.citations:
         chunk = kb.chunk(citation.chunk_id)

@@ -29,8 +29,8 @@ import pytest
 from expertrag.errors import LLMError, ModelError
 from expertrag.rag import model_files
 from expertrag.rag.llm import (
-    LLMBackend,
     LlamaCppBackend,
+    LLMBackend,
     OpenAICompatibleBackend,
     create_backend,
     parse_json_output,

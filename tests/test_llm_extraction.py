@@ -25,7 +25,7 @@ from expertrag.kg_build.llm_extraction import (
     RelationPattern,
     infer_schema,
 )
-from expertrag.rag.llm import LLMBackend, LlamaCppBackend, OpenAICompatibleBackend
+from expertrag.rag.llm import LlamaCppBackend, LLMBackend, OpenAICompatibleBackend
 from expertrag.rag.model_files import DEFAULT_GGUF, resolve_gguf
 from expertrag.records import Chunk
 from expertrag.settings import Settings

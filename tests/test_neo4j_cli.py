@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from neo4j import GraphDatabase
 from typer.testing import CliRunner
 
 from expertrag.cli import app
@@ -16,6 +15,7 @@ from expertrag.kg_build.neo4j_server import free_port
 from expertrag.kg_build.neo4j_store import Neo4jGraphStore
 from expertrag.knowledge_base import KnowledgeBase
 from expertrag.settings import Settings
+from neo4j import GraphDatabase
 
 DOCUMENTS = [
     ("Aspirin", "Aspirin inhibits cyclooxygenase. Bayer sold aspirin in Germany."),

@@ -108,26 +108,12 @@ class LinkModel(BaseModel):
     chunk_ids: list[str] = []
 
 
-class PathStepModel(BaseModel):
-    """One relation of a path with the chunk and character span that state it."""
-
-    relation_id: str
-    subject_id: str
-    subject: str
-    predicate: str
-    object_id: str
-    object: str
-    chunk_id: str
-    start: int
-    end: int
-
-
 class PathModel(BaseModel):
     """A shortest relation path between two linked entities."""
 
     source_id: str
     target_id: str
-    steps: list[PathStepModel]
+    steps: list[FactModel] = Field(description="Relations in their stored direction, each with the chunk and span that state it.")
 
 
 GRAPH_EVIDENCE = "Only the graph retrievers (graph, graph+hybrid) fill this."

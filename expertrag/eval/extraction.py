@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from expertrag.eval.extraction_data import GoldRecord, dataset_name, load_extraction_records
 from expertrag.eval.extraction_schema import DatasetSchema
-from expertrag.records import Chunk, Entity, Extraction, Mention
+from expertrag.records import Chunk, Extraction, Mention
 from expertrag.settings import Settings
 
 logger = logging.getLogger(__name__)

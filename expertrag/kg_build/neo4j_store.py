@@ -369,8 +369,9 @@ class Neo4jGraphStore:
 
     def _connect(self, user: str | None, password: str | None, max_retry_seconds: float,
                  connection_timeout: float) -> Any:
-        import neo4j
         from neo4j.exceptions import ConfigurationError
+
+        import neo4j
 
         scheme = self.uri.split("://", 1)[0].lower() if "://" in self.uri else ""
         if scheme not in BOLT_SCHEMES:

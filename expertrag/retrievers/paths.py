@@ -7,32 +7,21 @@ from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
 
-from expertrag.kg_build.store import RecordStore
+from expertrag.kg_build.store import Fact, RecordStore
 from expertrag.retrievers.graph_index import GraphIndex
 
 
 @dataclass
-class PathStep:
-    """One relation on a path, written in its stored direction (subject, predicate, object)."""
-
-    relation_id: str
-    subject_id: str
-    subject: str
-    predicate: str
-    object_id: str
-    object: str
-    chunk_id: str = ""
-    start: int = 0
-    end: int = 0
-
-
-@dataclass
 class RelationPath:
-    """A chain of relations from ``source`` to ``target`` entity."""
+    """A chain of relations from ``source`` to ``target`` entity.
+
+    Each step is a Fact written in its stored direction (subject, predicate, object), with
+    the chunk and span of the relation's first evidence.
+    """
 
     source_id: str
     target_id: str
-    steps: list[PathStep] = field(default_factory=list)
+    steps: list[Fact] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the path as a JSON-ready dict."""
@@ -116,7 +105,7 @@ class PathFinder:
             for index in relations:
                 relation = self.graph.relations[index]
                 chunk_id, start, end = evidence.get(relation.relation_id, ("", 0, 0))
-                steps.append(PathStep(
+                steps.append(Fact(
                     relation.relation_id,
                     self.graph.entity_ids[relation.subject], self.graph.entity_names[relation.subject],
                     relation.predicate,

@@ -69,7 +69,7 @@ def personalized_pagerank(
 
     scores = restart.copy()
     dangling_rows = np.flatnonzero(dangling)
-    for iteration in range(1, max_iterations + 1):
+    for _ in range(max_iterations):
         dangling_mass = scores[dangling_rows].sum(axis=0) if dangling_rows.size else 0.0
         updated = damping * (transition @ scores + restart * dangling_mass) + (1.0 - damping) * restart
         change = np.abs(updated - scores).sum(axis=0).max()
