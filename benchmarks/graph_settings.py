@@ -50,7 +50,7 @@ def main() -> None:
         kb._searchers.clear()
         searcher = kb.searcher(args.collection)
 
-        def retrieve(question: str) -> tuple[list[str], list[str]]:
+        def retrieve(question: str, searcher=searcher) -> tuple[list[str], list[str]]:
             retrieval = searcher.retrieve(question, 20, args.retriever, vectors[question], with_paths=False)
             return [hit.doc_id for hit in retrieval.hits], retrieval.notes
 

@@ -276,9 +276,9 @@ class KnowledgeBase:
 
     def retrieval(self, query: str, collection: str | None = None, k: int = 10,
                   retriever: Retriever = "hybrid", query_vector: np.ndarray | None = None) -> Retrieval:
-        """Return the ``k`` best chunks for ``query`` with the entity links, relation paths and notes
-        that the graph retrievers (``graph``, ``graph+hybrid``) record; other retrievers leave those empty.
+        """Return the ``k`` best chunks for ``query`` with their entity links, relation paths and notes.
 
+        Only the graph retrievers (``graph``, ``graph+hybrid``) fill links, paths and notes.
         ``query_vector`` is the query's normalized embedding when the caller has encoded it already.
         """
         names = self._target_collections(collection)
@@ -310,15 +310,17 @@ class KnowledgeBase:
         scored.sort(key=lambda pair: -pair[0])
         return [fact for _, fact in scored[:limit]]
 
-    def evidence_for(self, question: str, hits: Sequence[Hit], relative: bool = True) -> tuple[list[Hit], list[str]]:
+    def evidence_for(self, question: str, hits: Sequence[Hit], relative: bool = True,
+                     query_vector: np.ndarray | None = None) -> tuple[list[Hit], list[str]]:
         """Keep the hits similar enough to the question to show the LLM; return them with notes on what was dropped.
 
         A hit stays when its cosine similarity to the question is at least ``min_dense_score`` and,
         with ``relative``, at least ``relative_dense_score`` times that of the most similar hit.
+        ``query_vector`` is the question's base-encoder embedding when the caller has it already.
         """
         if not hits:
             return [], []
-        query = self.encoder.encode([question])[0]
+        query = self.encoder.encode([question])[0] if query_vector is None else query_vector
         vectors = self.store.vectors_of([hit.chunk_id for hit in hits])
         similarity = {chunk_id: float(vector @ query) for chunk_id, vector in vectors.items()}
         best = max(similarity.values(), default=0.0)
@@ -360,11 +362,15 @@ class KnowledgeBase:
             hits, notes = self.evidence_for(question, retrieved)
             answer = self.answerer().answer(question, hits, self.facts_for(question, hits), notes)
             return routed.answer(answer)
-        query_vector = None if routed is None else next(iter(routed.vectors.values()))
+        # The base-encoder vector serves both retrieval (unless an expert encodes the query) and the
+        # evidence filter, which compares it with the stored base-encoder chunk vectors.
+        base_vector = self.encoder.encode([question])[0]
+        query_vector = base_vector if routed is None else next(iter(routed.vectors.values()))
         retrieval = self.retrieval(question, collection, k, retriever, query_vector)
         # A multi-hop question's second passage often shares few words with the question, so
         # the graph retrievers keep every passage above the absolute similarity floor.
-        hits, notes = self.evidence_for(question, retrieval.hits, relative=retriever not in GRAPH_RETRIEVERS)
+        hits, notes = self.evidence_for(question, retrieval.hits, relative=retriever not in GRAPH_RETRIEVERS,
+                                        query_vector=base_vector)
         answer = self.answerer().answer(question, hits, self._facts_with_paths(question, hits, retrieval),
                                         retrieval.notes + notes)
         answer.links = [link.to_dict() for link in retrieval.links]
@@ -374,11 +380,11 @@ class KnowledgeBase:
     def _facts_with_paths(self, question: str, hits: Sequence[Hit], retrieval: Retrieval) -> list[Fact]:
         """Return the question's facts from the hits, then the steps of relation paths whose chunk is among them."""
         facts = self.facts_for(question, hits)
-        shown = {hit.chunk_id for hit in hits}
+        shown_chunk_ids = {hit.chunk_id for hit in hits}
         known = {fact.relation_id for fact in facts}
         for path in retrieval.paths:
             for step in path.steps:
-                if step.chunk_id in shown and step.relation_id not in known:
+                if step.chunk_id in shown_chunk_ids and step.relation_id not in known:
                     known.add(step.relation_id)
                     facts.append(step)
         return facts

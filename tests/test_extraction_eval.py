@@ -14,8 +14,8 @@ from expertrag.eval.extraction_schema import DatasetSchema
 from expertrag.records import Chunk, Entity, Extraction, Mention, Relation
 from expertrag.settings import Settings
 
-# The extraction sets are benchmark data outside the repository (EXPERTRAG_DATA_DIR); tests
-# that read them are skipped, with the folder named, where that data is not installed.
+# The extraction sets are benchmark data outside the repository (EXPERTRAG_DATA_DIR). Where
+# they are not installed, the tests that read them are skipped and the reason names the folder.
 requires_extraction_data = pytest.mark.skipif(
     not (Settings().data_dir / "conll04").is_dir(),
     reason=f"extraction data sets not found under {Settings().data_dir}: set EXPERTRAG_DATA_DIR",

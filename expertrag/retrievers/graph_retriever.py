@@ -91,9 +91,10 @@ class GraphRetriever:
                 self._paths = PathFinder(graph)
             return self._graph
 
-    def name_vectors(self) -> np.ndarray:
-        """Return normalized embeddings of the graph's entity names, cached on disk per fingerprint."""
-        graph = self._graph
+    def name_vectors(self, graph: GraphIndex | None = None) -> np.ndarray:
+        """Return normalized embeddings of the entity names of ``graph`` (default: the current graph),
+        cached on disk per fingerprint."""
+        graph = graph or self._graph
         assert graph is not None
         if self._name_vectors is not None:
             return self._name_vectors
@@ -115,8 +116,7 @@ class GraphRetriever:
         """Return (rows, cols, weights) joining entities whose name cosine reaches ``graph_synonym_threshold``."""
         import faiss
 
-        self._graph = graph
-        vectors = np.ascontiguousarray(self.name_vectors(), dtype=np.float32)
+        vectors = np.ascontiguousarray(self.name_vectors(graph), dtype=np.float32)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
         scores, neighbours = index.search(vectors, 6)
@@ -134,8 +134,8 @@ class GraphRetriever:
         and explains nothing, so paths join only these endpoints.
         """
         label = graph.entity_labels[graph.entity_position[link.entity_id]] if link.entity_id else ""
-        most_chunks = max(PATH_ENDPOINT_MIN_CHUNKS, PATH_ENDPOINT_CHUNK_FRACTION * graph.n_chunks)
-        return label != "CONCEPT" or link.chunk_count <= most_chunks
+        max_chunks = max(PATH_ENDPOINT_MIN_CHUNKS, PATH_ENDPOINT_CHUNK_FRACTION * graph.n_chunks)
+        return label != "CONCEPT" or link.chunk_count <= max_chunks
 
     def query_phrases(self, query: str) -> list[tuple[int, int]]:
         """Return the character spans of the query's named entities and noun chunks (spaCy)."""
