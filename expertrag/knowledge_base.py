@@ -253,7 +253,7 @@ class KnowledgeBase:
 
         With ``router`` (a routing strategy: pilot, centroid, fusion, multitask or fixed:NAME),
         dense retrieval encodes the query with the expert that the router picks among the
-        experts in ``<kb>/experts``, and the result is a ``RoutedHits`` list whose ``routing``
+        experts in ``<kb>/experts``. The result is then a ``RoutedHits`` list whose ``routing``
         names that expert and the similarities behind the choice.
         """
         names = self._target_collections(collection)
