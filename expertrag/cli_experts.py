@@ -29,19 +29,25 @@ def _experts_root(kb: Path, experts_dir: Optional[Path]) -> Path:
     return experts_dir if experts_dir is not None else kb / EXPERTS_FOLDER
 
 
-def _recipes(names: Optional[list[str]], learning_rate: Optional[float]) -> tuple[Any, ...]:
-    """Return the default recipes named in ``names`` (all when empty), each with ``learning_rate`` when given."""
+def _recipes(names: Optional[list[str]], learning_rate: Optional[float], teacher: bool, datasets: Any) -> tuple[Any, ...]:
+    """Return the recipes named in ``names``, or those that suit ``datasets`` (see ``default_recipes``),
+    each with ``learning_rate`` when given."""
     from dataclasses import replace
 
-    from expertrag.retrievers.experts import DEFAULT_RECIPES
+    from expertrag.retrievers.experts.data import TrainingData
+    from expertrag.retrievers.experts.training import RECIPES, default_recipes
 
-    known = [recipe.name for recipe in DEFAULT_RECIPES]
-    unknown = [name for name in names or [] if name not in known]
+    unknown = [name for name in names or [] if name not in RECIPES]
     if unknown:
-        raise typer.BadParameter(f"unknown --recipe {', '.join(unknown)}: use {' or '.join(known)}")
+        raise typer.BadParameter(f"unknown --recipe {', '.join(unknown)}: use {', '.join(RECIPES)}")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"--learning-rate must be positive, got {learning_rate}")
-    chosen = [recipe for recipe in DEFAULT_RECIPES if not names or recipe.name in names]
+    if names:
+        chosen = [RECIPES[name] for name in dict.fromkeys(names)]
+    else:
+        chosen = list(default_recipes([datasets] if isinstance(datasets, TrainingData) else list(datasets)))
+    if not teacher and any(recipe.teacher_weight > 0 for recipe in chosen):
+        raise typer.BadParameter("--no-teacher leaves no teacher targets: choose --recipe in-batch or in-batch+hard")
     return tuple(replace(recipe, learning_rate=learning_rate) if learning_rate else recipe for recipe in chosen)
 
 
@@ -53,13 +59,14 @@ def train(
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Train on this knowledge-base collection's chunks."),
     data: Optional[Path] = typer.Option(None, "--data", help="BEIR folder: its corpus, or with --collection only its qrels."),
     split: str = typer.Option("train", help="Qrels split that contains the training queries."),
-    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Make pseudo-queries instead of reading qrels: title, first-sentence or auto."),
+    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Make pseudo-queries instead of reading qrels: sentence, title, first-sentence, auto or ict (default for a collection without --data: sentence)."),
+    teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="Label the queries with the BM25 + base-encoder hybrid teacher and distill it."),
     max_queries: int = typer.Option(1000, help="Pseudo-queries to make (one per sampled document)."),
     multitask: bool = typer.Option(False, "--multitask", help="Train one adapter on the stored queries of every domain expert."),
-    epochs: int = typer.Option(6, help="Epochs per recipe; the best epoch on validation is kept."),
+    epochs: int = typer.Option(4, help="Epochs per recipe; the best epoch on validation is kept."),
     rank: int = typer.Option(8, help="LoRA rank."),
-    recipe: Optional[list[str]] = typer.Option(None, "--recipe", help="Train only this recipe (in-batch or in-batch+hard); repeat for several. Default: all."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Learning rate of every recipe (default: each recipe's own, 2e-4)."),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", help="Train only this recipe (distill+labels, distill, in-batch, in-batch+hard); repeat for several."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Learning rate of every recipe (default: each recipe's own)."),
     batch_size: int = typer.Option(32, help="Queries per training step."),
     seed: int = typer.Option(0, help="Seed of the validation split, sampling and LoRA initialization."),
     min_gain: float = typer.Option(0.005, help="nDCG@10 the expert must gain over the base encoder on validation."),
@@ -100,23 +107,26 @@ def train(
             from expertrag.retrievers.experts.data import collection_training_data
 
             with KnowledgeBase.open(kb, settings) as knowledge_base:
+                pseudo = pseudo or (None if data is not None else "sentence")
                 datasets = collection_training_data(knowledge_base.store, collection, None if pseudo else data, split,
-                                                    pseudo or "auto", max_queries, seed)  # type: ignore[arg-type]
+                                                    pseudo or "sentence", max_queries, seed,  # type: ignore[arg-type]
+                                                    encoder if teacher else None)
             name = name or collection
         elif data is not None:
             name = name or data.name
             if pseudo:
                 datasets = pseudo_query_training_data(name, load_beir_documents(data), encoder, pseudo,  # type: ignore[arg-type]
-                                                      max_queries, seed, settings.cache_dir, {"path": str(data)})
+                                                      max_queries, seed, settings.cache_dir, {"path": str(data)},
+                                                      teacher=teacher)
             else:
-                datasets = load_beir_training_data(data, split, encoder, settings.cache_dir, name)
+                datasets = load_beir_training_data(data, split, encoder, settings.cache_dir, name, teacher=teacher)
         else:
             raise typer.BadParameter("give --collection, --data or --multitask")
 
         check_expert_name(name)
         if name in registry.names() and not overwrite:
             raise typer.BadParameter(f"expert {name!r} already exists in {registry.root}: pass --overwrite or remove it")
-        config = TrainingConfig(lora=LoraSpec(rank=rank, alpha=2.0 * rank), recipes=_recipes(recipe, learning_rate),
+        config = TrainingConfig(lora=LoraSpec(rank=rank, alpha=2.0 * rank), recipes=_recipes(recipe, learning_rate, teacher, datasets),
                                 epochs=epochs, batch_size=batch_size, seed=seed, min_validation_gain=min_gain,
                                 device=settings.device)
         with Progress(TextColumn(f"[bold]train {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

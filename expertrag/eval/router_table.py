@@ -179,6 +179,7 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
     on a later run.
     """
     from expertrag.retrievers.experts import (
+        DEFAULT_RECIPES,
         ExpertRejectedError,
         TrainingConfig,
         load_beir_documents,
@@ -186,6 +187,7 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
         pseudo_query_training_data,
         train_expert,
     )
+    from expertrag.retrievers.experts.training import PSEUDO_RECIPES
 
     rejections = registry.rejections()
     for name in [name for name in plan if name in datasets]:
@@ -198,8 +200,10 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
         else:
             data = pseudo_query_training_data(name, load_beir_documents(folder), encoder, pseudo_method,  # type: ignore[arg-type]
                                               max_pseudo_queries, 0, settings.cache_dir, {"path": str(folder)})
+        recipes = PSEUDO_RECIPES if entry["source"] == "pseudo" else DEFAULT_RECIPES
         try:
-            registry.add(train_expert(name, data, encoder, TrainingConfig(epochs=epochs, device=settings.device)))
+            registry.add(train_expert(name, data, encoder, TrainingConfig(recipes=recipes, epochs=epochs,
+                                                                          device=settings.device)))
         except ExpertRejectedError as error:
             logger.warning("%s", error)
             registry.record_rejection(name, {"message": str(error), **error.report})
@@ -341,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, help="Dataset folders under the data dir, NAME or NAME:SPLIT.")
     parser.add_argument("--train-missing", action="store_true", help="Train the planned experts that are missing, and multitask.")
     parser.add_argument("--plan", nargs="+", help="Experts to train instead of EXPERT_PLAN: NAME=qrels:SPLIT or NAME=pseudo.")
-    parser.add_argument("--pseudo-method", default="auto", help="Pseudo-query method of the pseudo-query experts.")
-    parser.add_argument("--max-pseudo-queries", type=int, default=600)
+    parser.add_argument("--pseudo-method", default="sentence", help="Pseudo-query method of the pseudo-query experts.")
+    parser.add_argument("--max-pseudo-queries", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--multitask-queries-per-domain", type=int, default=300)
     parser.add_argument("--aggregate", default="weighted", help="Pilot aggregate: weighted, mean or max.")

@@ -1,9 +1,13 @@
 """Training data of an expert: queries, their relevant documents, and the collection's base vectors.
 
 Data comes from a BEIR folder's training qrels. A collection without training queries gets
-pseudo-queries cut from its own documents instead: a title or a first sentence paired with
-its document, or (``ict``, the inverse cloze task) a sentence paired with its document
-re-encoded without that sentence.
+pseudo-queries cut from its own documents instead: a title, a first sentence or a random
+sentence (``sentence``) paired with its document, or (``ict``, the inverse cloze task) a
+sentence paired with its document re-encoded without that sentence.
+
+By default every query is also labeled by the hybrid teacher
+(:mod:`expertrag.retrievers.experts.teacher`), and a pseudo-query's relevant document becomes
+the teacher's best document instead of the one it was cut from.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from expertrag.eval.metrics import evaluate_run
 from expertrag.kg_build.loaders import BeirLoader, load_qrels, load_queries
 from expertrag.records import Document
 from expertrag.retrievers.encoder import Encoder
+from expertrag.retrievers.experts.teacher import TeacherTargets, hybrid_teacher
 
 logger = logging.getLogger(__name__)
 
-PseudoQueryMethod = Literal["title", "first-sentence", "auto", "ict"]
-PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto", "ict")
+PseudoQueryMethod = Literal["title", "first-sentence", "auto", "sentence", "ict"]
+PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto", "sentence", "ict")
 RANK_DEPTH = 100
 """Documents ranked per query when scoring validation and pilot queries (enough for nDCG@10)."""
 
@@ -61,6 +66,8 @@ class TrainingData:
     queries: dict[str, str] = field(repr=False)
     qrels: dict[str, dict[str, int]] = field(repr=False)
     source: dict[str, Any] = field(default_factory=dict)
+    teacher: TeacherTargets | None = field(default=None, repr=False)
+    """Hybrid-teacher candidates and scores of the queries, when the data was labeled."""
 
     def __post_init__(self) -> None:
         if len(self.unit_ids) != len(self.unit_vectors) or len(self.unit_ids) != len(self.unit_documents):
@@ -91,7 +98,19 @@ class TrainingData:
         """Return the same units with only ``query_ids``."""
         return TrainingData(self.name, self.unit_ids, self.unit_documents, self.unit_vectors,
                             {q: self.queries[q] for q in query_ids}, {q: self.qrels[q] for q in query_ids},
-                            self.source)
+                            self.source, self.teacher.subset(query_ids) if self.teacher is not None else None)
+
+    def with_teacher(self, unit_texts: list[str], encoder: Encoder, relabel: bool = False) -> "TrainingData":
+        """Return this data with hybrid-teacher targets for every query.
+
+        With ``relabel`` (pseudo-queries), the qrels become the teacher's best document.
+        """
+        targets = hybrid_teacher(self.queries, unit_texts, self.unit_vectors, encoder)
+        qrels = targets.qrels(self.unit_documents) if relabel else self.qrels
+        source = {**self.source, "teacher": {"kind": "hybrid", "bm25_weight": targets.bm25_weight,
+                                             "labels": "teacher" if relabel else "qrels"}}
+        return TrainingData(self.name, self.unit_ids, self.unit_documents, self.unit_vectors, self.queries, qrels,
+                            source, targets)
 
     def split(self, validation_fraction: float, seed: int, min_validation: int = 1) -> tuple["TrainingData", "TrainingData"]:
         """Split the queries into (training, validation) with a seeded shuffle of the sorted query ids."""
@@ -129,9 +148,11 @@ class TrainingData:
 
 
 def load_beir_training_data(
-    folder: str | Path, split: str, encoder: Encoder, cache_dir: Path | None = None, name: str | None = None
+    folder: str | Path, split: str, encoder: Encoder, cache_dir: Path | None = None, name: str | None = None,
+    teacher: bool = True,
 ) -> TrainingData:
-    """Read a BEIR folder's corpus and ``qrels/<split>.tsv`` and encode the corpus with the base encoder.
+    """Read a BEIR folder's corpus and ``qrels/<split>.tsv``, encode the corpus with the base encoder,
+    and (with ``teacher``) label the queries with the hybrid teacher.
 
     Raises:
         InputError: the corpus contains no documents, or the qrels name queries or documents
@@ -156,11 +177,13 @@ def load_beir_training_data(
         raise InputError(f"{qrels_path} names {len(unknown)} documents that are not in {folder / 'corpus.jsonl'} "
                          f"(or have no text): {', '.join(unknown[:10])}")
 
-    vectors = encode_cached(encoder, [document_text(d) for d in documents], cache_dir)
+    texts = [document_text(d) for d in documents]
+    vectors = encode_cached(encoder, texts, cache_dir)
     ids = [document.doc_id for document in documents]
     logger.info("Loaded %d training queries and %d documents from %s", len(qrels), len(ids), qrels_path)
-    return TrainingData(name or folder.name, ids, ids, vectors, {q: queries[q] for q in qrels}, qrels,
+    data = TrainingData(name or folder.name, ids, ids, vectors, {q: queries[q] for q in qrels}, qrels,
                         {"kind": "qrels", "path": str(folder), "split": split})
+    return data.with_teacher(texts, encoder) if teacher else data
 
 
 def load_beir_documents(folder: str | Path) -> list[Document]:
@@ -189,9 +212,9 @@ def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     body's first sentence, cut to its first 16 words when it is over 32 words long (as in
     texts without sentence punctuation). ``auto`` tries the title, then the first sentence.
     """
-    if method not in PSEUDO_QUERY_METHODS or method == "ict":
+    if method not in PSEUDO_QUERY_METHODS or method in ("ict", "sentence"):
         raise InputError(f"Unknown pseudo-query method {method!r} for one document: use title, first-sentence or auto "
-                         "(ict changes the document too, see inverse_cloze_pair)")
+                         "(sentence and ict draw at random, see inverse_cloze_pair)")
     title, body = _title_and_body(document)
     if method in ("title", "auto") and title and body and len(title.split()) >= 3:
         return title
@@ -241,11 +264,13 @@ def pseudo_query_training_data(
     seed: int = 0,
     cache_dir: Path | None = None,
     source: dict[str, Any] | None = None,
+    teacher: bool = True,
 ) -> TrainingData:
     """Pair one pseudo-query per sampled document with that document, over all documents' vectors.
 
     With ``ict`` each sampled document's vector is replaced by that of the document without
-    its query sentence; the others keep their full vectors.
+    its query sentence; the others keep their full vectors. With ``teacher`` the queries are
+    labeled by the hybrid teacher, whose best document becomes each query's relevant document.
 
     Raises:
         InputError: no document, or no document yields a pseudo-query with ``method``.
@@ -254,17 +279,18 @@ def pseudo_query_training_data(
         raise InputError(f"{name}: no documents to make pseudo-queries from")
     if method not in PSEUDO_QUERY_METHODS:
         raise InputError(f"Unknown pseudo-query method {method!r}: use {', '.join(PSEUDO_QUERY_METHODS)}")
-    vectors = encode_cached(encoder, [document_text(d) for d in documents], cache_dir)
+    texts = [document_text(d) for d in documents]
+    vectors = encode_cached(encoder, texts, cache_dir)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(documents))
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     shortened: dict[int, str] = {}
     for index in order:
-        if method == "ict":
+        if method in ("ict", "sentence"):
             pair = inverse_cloze_pair(documents[index], rng)
             text = pair[0] if pair else None
-            if pair:
+            if pair and method == "ict":
                 shortened[int(index)] = pair[1]
         else:
             text = pseudo_query(documents[index], method)
@@ -281,12 +307,16 @@ def pseudo_query_training_data(
         rows = sorted(shortened)
         vectors = vectors.copy()
         vectors[rows] = encode_cached(encoder, [shortened[row] for row in rows], cache_dir)
+        texts = list(texts)
+        for row in rows:
+            texts[row] = shortened[row]
     if not queries:
         raise InputError(f"{name}: no document gives a pseudo-query with method {method!r}; try another method")
     ids = [document.doc_id for document in documents]
     logger.info("Made %d %s pseudo-queries from %d documents of %s", len(queries), method, len(documents), name)
     details = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed, **(source or {})}
-    return TrainingData(name, ids, ids, vectors, queries, qrels, details)
+    data = TrainingData(name, ids, ids, vectors, queries, qrels, details)
+    return data.with_teacher(texts, encoder, relabel=True) if teacher else data
 
 
 def collection_training_data(
@@ -297,12 +327,15 @@ def collection_training_data(
     method: PseudoQueryMethod = "auto",
     max_queries: int = 1000,
     seed: int = 0,
+    encoder: Encoder | None = None,
 ) -> TrainingData:
     """Build training data over a knowledge-base collection's chunks and their stored base vectors.
 
     With ``qrels_folder``, a BEIR folder whose ``qrels/<split>.tsv`` names the collection's
-    document ids, its judged queries are the training queries. Without it, the first chunk
-    of each sampled document gives one pseudo-query.
+    document ids, its judged queries are the training queries. Without it, each sampled
+    document's first chunk gives one pseudo-query. With ``encoder`` (the collection's base
+    encoder) the queries are labeled by the hybrid teacher over the chunk texts, as
+    :func:`pseudo_query_training_data` does.
 
     Raises:
         InputError: the collection contains no chunks, or the qrels name unknown queries or documents.
@@ -312,17 +345,23 @@ def collection_training_data(
         raise InputError(f"Collection {collection!r} contains no documents: ingest a corpus into it first")
     chunks = store.get_chunks(unit_ids)
     unit_documents = [chunks[unit].doc_id for unit in unit_ids]
+    unit_texts = [chunks[unit].text for unit in unit_ids]
     if qrels_folder is None:
         if method == "ict":
             raise InputError("Pseudo-query method 'ict' re-encodes documents and is not available for a "
                              "knowledge-base collection: use title, first-sentence or auto, or train from --data")
         first_chunks = sorted((c for c in chunks.values() if c.position == 0), key=lambda c: c.doc_id)
         documents = [Document(doc_id=c.doc_id, text=c.text, title=c.title) for c in first_chunks]
-        order = np.random.default_rng(seed).permutation(len(documents))
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(documents))
         queries: dict[str, str] = {}
         qrels: dict[str, dict[str, int]] = {}
         for index in order:
-            text = pseudo_query(documents[index], method)
+            if method == "sentence":
+                pair = inverse_cloze_pair(documents[index], rng)
+                text = pair[0] if pair else None
+            else:
+                text = pseudo_query(documents[index], method)
             if text is not None:
                 queries[f"pseudo:{documents[index].doc_id}"] = text
                 qrels[f"pseudo:{documents[index].doc_id}"] = {documents[index].doc_id: 1}
@@ -332,7 +371,8 @@ def collection_training_data(
             raise InputError(f"Collection {collection!r}: no document gives a pseudo-query with method {method!r}")
         source: dict[str, Any] = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed,
                                   "collection": collection}
-        return TrainingData(collection, unit_ids, unit_documents, vectors, queries, qrels, source)
+        data = TrainingData(collection, unit_ids, unit_documents, vectors, queries, qrels, source)
+        return data.with_teacher(unit_texts, encoder, relabel=True) if encoder is not None else data
 
     folder = Path(qrels_folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
@@ -347,5 +387,6 @@ def collection_training_data(
     if unknown:
         raise InputError(f"{qrels_path} names {len(unknown)} documents that are not in collection "
                          f"{collection!r}: {', '.join(unknown[:10])}")
-    return TrainingData(collection, unit_ids, unit_documents, vectors, {q: all_queries[q] for q in qrels}, qrels,
+    data = TrainingData(collection, unit_ids, unit_documents, vectors, {q: all_queries[q] for q in qrels}, qrels,
                         {"kind": "qrels", "path": str(folder), "split": split, "collection": collection})
+    return data.with_teacher(unit_texts, encoder) if encoder is not None else data

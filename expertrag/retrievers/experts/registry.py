@@ -6,7 +6,8 @@ Layout of ``<root>/<name>/``::
     adapter_model.safetensors  LoRA factors (PEFT's layout)
     expert.json                kind, base encoder, training config, data hashes, metrics
     queries.jsonl              training and validation queries with their relevant documents
-    units/<domain>.npz         base vectors (float16) of the units those queries search
+    units/NN.npz               per domain: base vectors (float16) of the units its queries search,
+                               and the teacher targets of those queries
 
 The queries and unit vectors let the router score any expert on this expert's domain
 without the original dataset. A knowledge base keeps its experts in ``<kb>/experts``.
@@ -31,6 +32,7 @@ from expertrag.atomic import atomic_write_bytes
 from expertrag.retrievers.experts.adapter import BASE_EXPERT, CONFIG_FILE, WEIGHTS_FILE, LoraWeights
 from expertrag.retrievers.experts.data import TrainingData
 from expertrag.retrievers.experts.errors import AdapterLoadError, ExpertError, ExpertNotFoundError
+from expertrag.retrievers.experts.teacher import TeacherTargets
 from expertrag.retrievers.experts.training import TrainedExpert
 
 logger = logging.getLogger(__name__)
@@ -188,10 +190,17 @@ class ExpertRegistry:
                     unit_ids = [str(x) for x in stored["unit_ids"]]
                     unit_documents = [str(x) for x in stored["unit_documents"]]
                     vectors = stored["vectors"].astype(np.float32)
+                    teacher = None
+                    if "teacher_rows" in stored.files:
+                        teacher = TeacherTargets([str(x) for x in stored["teacher_query_ids"]],
+                                                 stored["teacher_rows"].astype(np.int64),
+                                                 stored["teacher_scores"].astype(np.float32),
+                                                 float(stored["teacher_bm25_weight"]))
             except (OSError, ValueError, KeyError) as error:
                 raise AdapterLoadError(f"Unreadable unit vectors {units_path}: {error}") from None
             texts, qrels = by_domain.get(domain_name, ({}, {}))
-            domains.append(TrainingData(domain_name, unit_ids, unit_documents, vectors, texts, qrels, domain.get("source", {})))
+            domains.append(TrainingData(domain_name, unit_ids, unit_documents, vectors, texts, qrels,
+                                        domain.get("source", {}), teacher))
         return domains
 
     def add(self, expert: TrainedExpert, overwrite: bool = False) -> ExpertInfo:
@@ -233,9 +242,15 @@ class ExpertRegistry:
                                   "text": data.queries[query_id], "relevant": data.qrels[query_id]}
                         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 file_stem = f"{index:02d}"
+                arrays: dict[str, np.ndarray] = {}
+                if training.teacher is not None and validation.teacher is not None:
+                    teacher = training.teacher.concat(validation.teacher)
+                    arrays = {"teacher_query_ids": np.array(teacher.query_ids), "teacher_rows": teacher.rows.astype(np.int32),
+                              "teacher_scores": teacher.scores.astype(np.float32),
+                              "teacher_bm25_weight": np.array(teacher.bm25_weight)}
                 np.savez(folder / UNITS_FOLDER / f"{file_stem}.npz", unit_ids=np.array(training.unit_ids),
                          unit_documents=np.array(training.unit_documents),
-                         vectors=training.unit_vectors.astype(np.float16))
+                         vectors=training.unit_vectors.astype(np.float16), **arrays)
                 domains.append({"name": training.name, "file": file_stem, "source": training.source,
                                 "training_queries": len(training.qrels), "validation_queries": len(validation.qrels),
                                 "units": len(training.unit_ids),
