@@ -208,3 +208,18 @@ def test_labeled_data_survives_registry_round_trip(tmp_path, encoder):
         assert np.allclose(again.scores, original.scores)
     multitask = train_expert("multitask", [stored, data], encoder, config)
     assert multitask.metrics["chosen_recipe"] in {r.name for r in DEFAULT_RECIPES}
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--rank", "0"), ("--batch-size", "0"),
+                                           ("--max-queries", "1"), ("--min-gain", "-1")])
+def test_cli_train_rejects_out_of_range_options(tmp_path, option, value):
+    from typer.testing import CliRunner
+
+    from expertrag.cli_experts import experts_app
+
+    write_pump_folder(tmp_path / "pumps")
+    result = CliRunner().invoke(experts_app, ["train", "--data", str(tmp_path / "pumps"), "--experts-dir",
+                                              str(tmp_path / "experts"), option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert not (tmp_path / "experts").exists()

@@ -38,6 +38,15 @@ RANK_DEPTH = 100
 """Documents ranked per query when scoring validation and pilot queries (enough for nDCG@10)."""
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_METHOD_NEEDS = {
+    "title": "It needs documents with a title of at least 3 words and a body: try sentence.",
+    "first-sentence": "It needs a first sentence of at least 4 words: try sentence.",
+    "auto": "It needs a title of at least 3 words or a first sentence of at least 4 words: try sentence.",
+    "sentence": "It needs documents of at least 3 sentences (or over 30 words), one of at least 5 words: "
+                "add longer documents or train on real queries with qrels.",
+    "ict": "It needs documents of at least 3 sentences (or over 30 words), one of at least 5 words: "
+           "add longer documents or train on real queries with qrels.",
+}
 
 
 def document_text(document: Document) -> str:
@@ -213,8 +222,8 @@ def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     texts without sentence punctuation). ``auto`` tries the title, then the first sentence.
     """
     if method not in PSEUDO_QUERY_METHODS or method in ("ict", "sentence"):
-        raise InputError(f"Unknown pseudo-query method {method!r} for one document: use title, first-sentence or auto "
-                         "(sentence and ict draw at random, see inverse_cloze_pair)")
+        raise InputError(f"Unknown pseudo-query method {method!r} for one document: use title, first-sentence or auto. "
+                         "sentence and ict draw a random sentence: call pseudo_query_training_data with them")
     title, body = _title_and_body(document)
     if method in ("title", "auto") and title and body and len(title.split()) >= 3:
         return title
@@ -311,7 +320,7 @@ def pseudo_query_training_data(
         for row in rows:
             texts[row] = shortened[row]
     if not queries:
-        raise InputError(f"{name}: no document gives a pseudo-query with method {method!r}; try another method")
+        raise InputError(f"{name}: no document gives a pseudo-query with method {method!r}. {_METHOD_NEEDS[method]}")
     ids = [document.doc_id for document in documents]
     logger.info("Made %d %s pseudo-queries from %d documents of %s", len(queries), method, len(documents), name)
     details = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed, **(source or {})}
@@ -349,7 +358,8 @@ def collection_training_data(
     if qrels_folder is None:
         if method == "ict":
             raise InputError("Pseudo-query method 'ict' re-encodes documents and is not available for a "
-                             "knowledge-base collection: use title, first-sentence or auto, or train from --data")
+                             "knowledge-base collection: use sentence (the default), title, first-sentence or auto, "
+                             "or train from --data")
         first_chunks = sorted((c for c in chunks.values() if c.position == 0), key=lambda c: c.doc_id)
         documents = [Document(doc_id=c.doc_id, text=c.text, title=c.title) for c in first_chunks]
         rng = np.random.default_rng(seed)
@@ -368,7 +378,8 @@ def collection_training_data(
             if len(queries) >= max_queries:
                 break
         if not queries:
-            raise InputError(f"Collection {collection!r}: no document gives a pseudo-query with method {method!r}")
+            raise InputError(f"Collection {collection!r}: no document gives a pseudo-query with method {method!r}. "
+                             f"{_METHOD_NEEDS[method]}")
         source: dict[str, Any] = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed,
                                   "collection": collection}
         data = TrainingData(collection, unit_ids, unit_documents, vectors, queries, qrels, source)

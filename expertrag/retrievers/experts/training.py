@@ -273,10 +273,14 @@ def train_expert(
     logger.info("Expert %r: recipe %s, %d epochs, validation nDCG@10 %.4f vs base %.4f, %.0f s",
                 name, best_recipe, best_epoch, best_mean, base_mean, seconds)
     if not best_mean > base_mean + config.min_validation_gain:
+        hint = ("Train on real queries with qrels, or lower the minimum gain (--min-gain) to register it anyway.")
+        if base_mean >= 0.99:
+            hint = ("The base encoder already ranks nearly every validation query's relevant document first, "
+                    "as it does for pseudo-queries on a small collection, so no expert can gain here. " + hint)
         raise ExpertRejectedError(
             f"Expert {name!r} was not registered: its best validation nDCG@10 {best_mean:.4f} "
             f"(recipe {best_recipe}, epoch {best_epoch}) does not beat the base encoder's {base_mean:.4f} "
-            f"by more than {config.min_validation_gain}", metrics)
+            f"by more than {config.min_validation_gain}. {hint}", metrics)
     settings = {**config.to_dict(), "encoder": encoder.name}
     return TrainedExpert(name, kind, weights, settings, metrics, training, validation)
 
