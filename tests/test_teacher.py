@@ -197,7 +197,10 @@ def test_labeled_data_survives_registry_round_trip(tmp_path, encoder):
     expert = train_expert("pumps", data, encoder, config)
     assert expert.metrics["chosen_recipe"] in {r.name for r in DEFAULT_RECIPES}
     registry = ExpertRegistry(tmp_path / "experts")
+    registry.record_rejection("pumps", {"message": "an earlier run gained too little"})
+    registry.record_rejection("valves", {"message": "an earlier run gained too little"})
     registry.add(expert)
+    assert set(registry.rejections()) == {"valves"}  # registering "pumps" drops only its stale rejection
     (stored,) = registry.load_domains("pumps")
     assert stored.teacher is not None
     assert sorted(stored.teacher.query_ids) == sorted(data.qrels)

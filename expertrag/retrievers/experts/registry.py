@@ -228,7 +228,14 @@ class ExpertRegistry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         logger.info("Registered expert %r in %s", name, target)
+        self._forget_rejection(name)
         return self.get(name)
+
+    def _forget_rejection(self, name: str) -> None:
+        """Drop an older rejection of ``name``, which a registered expert of that name makes stale."""
+        records = self.rejections()
+        if records.pop(name, None) is not None:
+            atomic_write_bytes(self.root / REJECTIONS_FILE, json.dumps(records, indent=2, default=str).encode("utf-8"))
 
     def _write(self, expert: TrainedExpert, folder: Path) -> None:
         expert.weights.save(folder, expert.config.get("encoder", ""))
