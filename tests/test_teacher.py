@@ -1,8 +1,8 @@
 """Tests of the hybrid teacher and of experts distilled from it.
 
-The lexical corpus names 40 pumps by made-up part codes. A query that asks for one code but
-names the use of another pump misleads the base encoder, while BM25 matches the code (a
-rare exact token); the hybrid teacher must find the right pump more often than the encoder.
+The lexical corpus names 40 pumps by made-up part codes. A query that contains one pump's
+code but another pump's use misleads the base encoder, while BM25 matches the code, a rare
+exact token. So the hybrid teacher must find the right pump more often than the encoder.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def part_code(index: int) -> str:
 
 
 def pump_corpus() -> tuple[list[str], list[str], dict[str, str]]:
-    """Return (document ids, document texts, {query id: query}); query ``q<i>`` asks for pump ``p<i>``."""
+    """Return (document ids, document texts, {query id: query}); query ``q<i>`` names the code of pump ``p<i>``."""
     ids = [f"p{i}" for i in range(40)]
     texts = [f"Pump {part_code(i)} moves water for {USES[i % len(USES)]} and runs on a steel shaft." for i in range(40)]
     queries = {f"q{i}": f"which pump has part code {part_code(i)}" for i in range(40)}
@@ -61,13 +61,27 @@ def test_teacher_finds_codes_encoder_misses(encoder):
         targets = hybrid_teacher(queries, texts, vectors, encoder, bm25_weight=weight)
         assert targets.query_ids == sorted(queries)
         assert targets.rows.shape == (40, 40)  # the candidate list is cut to the 40 units
-        wanted = [f"p{q[1:]}" for q in targets.query_ids]
-        hits[weight] = sum(ids[targets.rows[i, int(np.argmax(targets.scores[i]))]] == wanted[i] for i in range(40))
+        expected = [f"p{q[1:]}" for q in targets.query_ids]
+        hits[weight] = sum(ids[targets.rows[i, int(np.argmax(targets.scores[i]))]] == expected[i] for i in range(40))
     dense = encoder.encode([queries[q] for q in sorted(queries)]) @ vectors.T
     dense_hits = sum(ids[int(np.argmax(dense[i]))] == f"p{q[1:]}" for i, q in enumerate(sorted(queries)))
     assert hits[0.0] == dense_hits
     assert hits[0.3] >= dense_hits + 8, f"teacher {hits}, encoder {dense_hits} of 40"
     assert hits[0.9] >= hits[0.3]
+
+
+def test_bm25_score_matrix_floors_beyond_depth():
+    from expertrag.retrievers.bm25 import BM25Index
+
+    ids, texts, queries = pump_corpus()
+    index = BM25Index.build(texts, ids)
+    query = queries["q7"]
+    matrix = index.score_matrix([query], depth=5)
+    top_scores, top_ids = index.search([query], k=5)
+    assert matrix.shape == (1, 40)
+    assert top_ids[0][0] == "p7"
+    assert np.allclose(sorted(matrix[0], reverse=True)[:5], top_scores[0])
+    assert np.count_nonzero(matrix[0] == top_scores[0].min()) >= 35  # every unit beyond depth 5 gets the floor
 
 
 def test_candidates_include_both_favourites(encoder):

@@ -42,3 +42,20 @@ class BM25Index:
         rows, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         ids = [[self.chunk_ids[r] for r, s in zip(row, row_scores) if s > 0] for row, row_scores in zip(rows, scores)]
         return scores, ids
+
+    def score_matrix(self, queries: list[str], depth: int) -> np.ndarray:
+        """Return a (queries, chunks) float32 matrix of BM25 scores.
+
+        Scores are exact for each query's best ``depth`` chunks. Every other chunk gets the
+        query's ``depth``-th score, a floor that keeps z-normalization over all chunks cheap.
+        """
+        import bm25s
+
+        depth = min(depth, len(self.chunk_ids))
+        if depth == 0 or not queries:
+            return np.zeros((len(queries), len(self.chunk_ids)), dtype=np.float32)
+        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=self.model._expertrag_stemmer, show_progress=False)
+        rows, scores = self.model.retrieve(tokens, k=depth, show_progress=False, n_threads=0)
+        matrix = np.repeat(scores.min(axis=1, keepdims=True), len(self.chunk_ids), axis=1).astype(np.float32)
+        np.put_along_axis(matrix, rows.astype(np.int64), scores.astype(np.float32), axis=1)
+        return matrix

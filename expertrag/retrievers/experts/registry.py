@@ -235,7 +235,7 @@ class ExpertRegistry:
         """Drop an older rejection of ``name``, which a registered expert of that name makes stale."""
         records = self.rejections()
         if records.pop(name, None) is not None:
-            atomic_write_bytes(self.root / REJECTIONS_FILE, json.dumps(records, indent=2, default=str).encode("utf-8"))
+            self._write_rejections(records)
 
     def _write(self, expert: TrainedExpert, folder: Path) -> None:
         expert.weights.save(folder, expert.config.get("encoder", ""))
@@ -280,11 +280,13 @@ class ExpertRegistry:
 
     def record_rejection(self, name: str, report: dict[str, Any]) -> None:
         """Store why training rejected an expert in ``<root>/_rejections.json``, replacing an older record."""
-        path = self.root / REJECTIONS_FILE
         records = self.rejections()
         records[name] = {**report, "recorded_at": time.time()}
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(records, indent=2, default=str).encode("utf-8"))
+        self._write_rejections(records)
+
+    def _write_rejections(self, records: dict[str, Any]) -> None:
+        atomic_write_bytes(self.root / REJECTIONS_FILE, json.dumps(records, indent=2, default=str).encode("utf-8"))
 
     def rejections(self) -> dict[str, Any]:
         """Return {name: report} of the experts that training rejected; an unreadable file counts as none."""

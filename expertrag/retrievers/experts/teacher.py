@@ -69,15 +69,11 @@ class TeacherTargets:
     def __contains__(self, query_id: object) -> bool:
         return query_id in self._position
 
-    def position(self, query_id: str) -> int:
-        """Return the row of ``query_id`` in :attr:`rows` and :attr:`scores`."""
-        return self._position[query_id]
-
     def subset(self, query_ids: Sequence[str]) -> "TeacherTargets":
         """Return the targets of ``query_ids`` (those the teacher labeled), in that order."""
-        kept = [q for q in query_ids if q in self._position]
-        index = np.array([self._position[q] for q in kept], dtype=np.int64)
-        return TeacherTargets(kept, self.rows[index], self.scores[index], self.bm25_weight)
+        labeled = [q for q in query_ids if q in self._position]
+        index = np.array([self._position[q] for q in labeled], dtype=np.int64)
+        return TeacherTargets(labeled, self.rows[index], self.scores[index], self.bm25_weight)
 
     def concat(self, other: "TeacherTargets") -> "TeacherTargets":
         """Return the targets of both, ``self`` first; a query in both keeps ``self``'s row."""
@@ -114,6 +110,16 @@ def z_normalize(matrix: np.ndarray) -> np.ndarray:
     return (matrix - mean) / np.where(std > 0, std, 1.0)
 
 
+def top_columns(matrix: np.ndarray, count: int) -> np.ndarray:
+    """Return the columns of each row's ``count`` largest values, best first."""
+    if count < matrix.shape[1]:
+        columns = np.argpartition(-matrix, count - 1, axis=1)[:, :count]
+    else:
+        columns = np.tile(np.arange(matrix.shape[1]), (len(matrix), 1))
+    order = np.argsort(-np.take_along_axis(matrix, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
+
+
 def hybrid_teacher(
     queries: dict[str, str],
     unit_texts: Sequence[str],
@@ -135,14 +141,12 @@ def hybrid_teacher(
         candidates: units kept per query (all units when the collection is smaller).
         batch_size: queries scored at once; memory is ``batch_size`` × units floats.
     """
-    import bm25s
-
     from expertrag.retrievers.bm25 import BM25Index
 
     if len(unit_texts) != len(unit_vectors):
         raise ValueError(f"{len(unit_texts)} unit texts and {len(unit_vectors)} unit vectors must match")
     if not 0.0 <= bm25_weight < 1.0:
-        raise ValueError(f"bm25_weight must be in [0, 1), got {bm25_weight}")
+        raise ValueError(f"Invalid bm25_weight {bm25_weight}: use a value in [0, 1)")
     query_ids = sorted(queries)
     units = len(unit_texts)
     width = min(candidates, units)
@@ -151,20 +155,15 @@ def hybrid_teacher(
     if not query_ids:
         return TeacherTargets([], rows, scores, bm25_weight)
     index = BM25Index.build(list(unit_texts), [str(i) for i in range(units)])
-    depth = min(BM25_DEPTH, units)
     for first in range(0, len(query_ids), batch_size):
-        batch = query_ids[first : first + batch_size]
-        texts = [queries[q] for q in batch]
+        texts = [queries[q] for q in query_ids[first : first + batch_size]]
         dense = encoder.encode(texts) @ unit_vectors.T
-        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=index.model._expertrag_stemmer, show_progress=False)
-        top_rows, top_scores = index.model.retrieve(tokens, k=depth, show_progress=False, n_threads=0)
-        lexical = np.repeat(top_scores.min(axis=1, keepdims=True), units, axis=1).astype(np.float32)
-        np.put_along_axis(lexical, top_rows.astype(np.int64), top_scores.astype(np.float32), axis=1)
+        lexical = index.score_matrix(texts, BM25_DEPTH)
         spread = dense.std(axis=1, keepdims=True)
         hybrid = dense + bm25_weight / (1.0 - bm25_weight) * spread * z_normalize(lexical)
-        by_teacher = np.argsort(-hybrid, axis=1, kind="stable")[:, :width]
-        by_dense = np.argsort(-dense, axis=1, kind="stable")[:, :width]
-        for offset in range(len(batch)):
+        by_teacher = top_columns(hybrid, width)
+        by_dense = top_columns(dense, width)
+        for offset in range(len(texts)):
             chosen = list(dict.fromkeys([*by_teacher[offset, : max(1, width // 2)].tolist(),
                                          *by_dense[offset].tolist(), *by_teacher[offset].tolist()]))[:width]
             rows[first + offset] = chosen

@@ -70,7 +70,7 @@ table its experts gained +0.67 nDCG@10 points over the base encoder (benchmarks/
 
 DEFAULT_RECIPES: tuple[Recipe, ...] = (RECIPES["distill+labels"], RECIPES["distill"])
 PSEUDO_RECIPES: tuple[Recipe, ...] = (RECIPES["distill"],)
-"""For pseudo-queries the labels are the teacher's own best documents, so a labels term repeats
+"""For pseudo-queries the label is the teacher's own best document, so a labels term repeats
 the teacher term at twice the training time."""
 
 
@@ -230,7 +230,7 @@ def train_expert(
         for epoch in range(1, config.epochs + 1):
             model.train()
             for domain, batch in _batches(domains, config.batch_size, rng):
-                loss = _contrastive_loss(model, domain, batch, recipe, config, rng, device)
+                loss = _recipe_loss(model, domain, batch, recipe, config, rng, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -352,7 +352,7 @@ def _batches(domains: list[_Domain], batch_size: int, rng: np.random.Generator):
         yield batches[index]
 
 
-def _contrastive_loss(model: Any, domain: _Domain, batch: list[tuple[int, int]], recipe: Recipe,
+def _recipe_loss(model: Any, domain: _Domain, batch: list[tuple[int, int]], recipe: Recipe,
                       config: TrainingConfig, rng: np.random.Generator, device: str) -> Any:
     """Return the recipe's weighted sum of the labels term and the teacher term for one batch."""
     texts = [domain.data.queries[domain.query_ids[position]] for position, _ in batch]
