@@ -179,7 +179,6 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
     on a later run.
     """
     from expertrag.retrievers.experts import (
-        DEFAULT_RECIPES,
         ExpertRejectedError,
         TrainingConfig,
         load_beir_documents,
@@ -187,8 +186,6 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
         pseudo_query_training_data,
         train_expert,
     )
-    from expertrag.retrievers.experts.training import PSEUDO_RECIPES
-
     rejections = registry.rejections()
     for name in [name for name in plan if name in datasets]:
         entry = plan[name]
@@ -200,10 +197,10 @@ def train_missing_experts(registry: ExpertRegistry, datasets: list[str], setting
         else:
             data = pseudo_query_training_data(name, load_beir_documents(folder), encoder, pseudo_method,  # type: ignore[arg-type]
                                               max_pseudo_queries, 0, settings.cache_dir, {"path": str(folder)})
-        recipes = PSEUDO_RECIPES if entry["source"] == "pseudo" else DEFAULT_RECIPES
         try:
-            registry.add(train_expert(name, data, encoder, TrainingConfig(recipes=recipes, epochs=epochs,
-                                                                          device=settings.device)))
+            # recipes=None picks them from the data: distill for teacher-labeled pseudo-queries,
+            # distill+labels and distill for judged queries and LLM questions.
+            registry.add(train_expert(name, data, encoder, TrainingConfig(epochs=epochs, device=settings.device)))
         except ExpertRejectedError as error:
             logger.warning("%s", error)
             registry.record_rejection(name, {"message": str(error), **error.report})

@@ -2,12 +2,13 @@
 
 Data comes from a BEIR folder's training qrels. A collection without training queries gets
 pseudo-queries cut from its own documents instead: a title, a first sentence or a random
-sentence (``sentence``) paired with its document, or (``ict``, the inverse cloze task) a
-sentence paired with its document re-encoded without that sentence.
+sentence (``sentence``) paired with its document, (``ict``, the inverse cloze task) a
+sentence paired with its document re-encoded without that sentence, or (``llm``) a question
+the local LLM writes about the document.
 
 By default every query is also labeled by the hybrid teacher
-(:mod:`expertrag.retrievers.experts.teacher`), and a pseudo-query's relevant document becomes
-the teacher's best document instead of the one it was cut from.
+(:mod:`expertrag.retrievers.experts.teacher`), and a pseudo-query cut from a document gets
+the teacher's best document as its relevant document instead of the one it was cut from.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,11 +30,15 @@ from expertrag.kg_build.loaders import BeirLoader, load_qrels, load_queries
 from expertrag.records import Document
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.experts.teacher import TeacherTargets, hybrid_teacher
+from expertrag.settings import Settings
+
+if TYPE_CHECKING:
+    from expertrag.rag.llm import LLMBackend
 
 logger = logging.getLogger(__name__)
 
-PseudoQueryMethod = Literal["title", "first-sentence", "auto", "sentence", "ict"]
-PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto", "sentence", "ict")
+PseudoQueryMethod = Literal["title", "first-sentence", "auto", "sentence", "ict", "llm"]
+PSEUDO_QUERY_METHODS: tuple[str, ...] = ("title", "first-sentence", "auto", "sentence", "ict", "llm")
 RANK_DEPTH = 100
 """Documents ranked per query when scoring validation and pilot queries (enough for nDCG@10)."""
 
@@ -46,6 +51,8 @@ _METHOD_NEEDS = {
                 "add longer documents or train on real queries with qrels.",
     "ict": "It needs documents of at least 3 sentences (or over 30 words), one of at least 5 words: "
            "add longer documents or train on real queries with qrels.",
+    "llm": "The LLM answered no document with a question of at least 3 words: check the LLM settings "
+           "(EXPERTRAG_LLM_BACKEND, EXPERTRAG_LLM_MODEL_PATH) or try sentence.",
 }
 
 
@@ -221,9 +228,10 @@ def pseudo_query(document: Document, method: PseudoQueryMethod) -> str | None:
     body's first sentence, cut to its first 16 words when it is over 32 words long (as in
     texts without sentence punctuation). ``auto`` tries the title, then the first sentence.
     """
-    if method not in PSEUDO_QUERY_METHODS or method in ("ict", "sentence"):
+    if method not in PSEUDO_QUERY_METHODS or method in ("ict", "sentence", "llm"):
         raise InputError(f"Unknown pseudo-query method {method!r} for one document: use title, first-sentence or auto. "
-                         "sentence and ict draw a random sentence: call pseudo_query_training_data with them")
+                         "sentence and ict draw a random sentence and llm asks the LLM: call "
+                         "pseudo_query_training_data with them")
     title, body = _title_and_body(document)
     if method in ("title", "auto") and title and body and len(title.split()) >= 3:
         return title
@@ -274,15 +282,20 @@ def pseudo_query_training_data(
     cache_dir: Path | None = None,
     source: dict[str, Any] | None = None,
     teacher: bool = True,
+    llm: "LLMBackend | None" = None,
 ) -> TrainingData:
     """Pair one pseudo-query per sampled document with that document, over all documents' vectors.
 
     With ``ict`` each sampled document's vector is replaced by that of the document without
-    its query sentence; the others keep their full vectors. With ``teacher`` the queries are
-    labeled by the hybrid teacher, whose best document becomes each query's relevant document.
+    its query sentence; the others keep their full vectors. With ``llm`` the question comes
+    from ``llm`` (default: the backend the settings name) and is cached under ``cache_dir``
+    (see :mod:`expertrag.retrievers.experts.llm_queries`). With ``teacher`` the queries get
+    hybrid-teacher targets; a cut pseudo-query's relevant document becomes the teacher's best
+    document, while an LLM question keeps the document it was written from.
 
     Raises:
         InputError: no document, or no document yields a pseudo-query with ``method``.
+        LLMError: the LLM backend failed (``llm`` only).
     """
     if not documents:
         raise InputError(f"{name}: no documents to make pseudo-queries from")
@@ -295,6 +308,14 @@ def pseudo_query_training_data(
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     shortened: dict[int, str] = {}
+    if method == "llm":
+        from expertrag.retrievers.experts.llm_queries import llm_questions
+
+        questions = llm_questions(name, documents, texts, llm or _default_llm(), max_queries, seed,
+                                  cache_dir or Settings().cache_dir)
+        queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
+        qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
+        order = order[:0]
     for index in order:
         if method in ("ict", "sentence"):
             pair = inverse_cloze_pair(documents[index], rng)
@@ -325,7 +346,16 @@ def pseudo_query_training_data(
     logger.info("Made %d %s pseudo-queries from %d documents of %s", len(queries), method, len(documents), name)
     details = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed, **(source or {})}
     data = TrainingData(name, ids, ids, vectors, queries, qrels, details)
-    return data.with_teacher(texts, encoder, relabel=True) if teacher else data
+    # A sentence cut from a document matches it word for word, so the teacher's best document is
+    # the better label. An LLM question is no copy, so the document it was written from is its label.
+    return data.with_teacher(texts, encoder, relabel=method != "llm") if teacher else data
+
+
+def _default_llm() -> "LLMBackend":
+    """Return the LLM backend the settings name (the local GGUF model by default)."""
+    from expertrag.rag.llm import create_backend
+
+    return create_backend(Settings())
 
 
 def collection_training_data(
@@ -342,9 +372,10 @@ def collection_training_data(
 
     With ``qrels_folder``, a BEIR folder whose ``qrels/<split>.tsv`` names the collection's
     document ids, its judged queries are the training queries. Without it, each sampled
-    document's first chunk gives one pseudo-query. With ``encoder`` (the collection's base
-    encoder) the queries are labeled by the hybrid teacher over the chunk texts, as
-    :func:`pseudo_query_training_data` does.
+    document's first chunk gives one pseudo-query (with ``llm``, a question the LLM writes
+    about that chunk). With ``encoder`` (the collection's base encoder) the queries are
+    labeled by the hybrid teacher over the chunk texts, as :func:`pseudo_query_training_data`
+    does.
 
     Raises:
         InputError: the collection contains no chunks, or the qrels name unknown queries or documents.
@@ -366,6 +397,14 @@ def collection_training_data(
         order = rng.permutation(len(documents))
         queries: dict[str, str] = {}
         qrels: dict[str, dict[str, int]] = {}
+        if method == "llm":
+            from expertrag.retrievers.experts.llm_queries import llm_questions
+
+            questions = llm_questions(collection, documents, [document_text(d) for d in documents], _default_llm(),
+                                      max_queries, seed, Settings().cache_dir)
+            queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
+            qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
+            order = order[:0]
         for index in order:
             if method == "sentence":
                 pair = inverse_cloze_pair(documents[index], rng)
@@ -383,7 +422,7 @@ def collection_training_data(
         source: dict[str, Any] = {"kind": "pseudo", "method": method, "max_queries": max_queries, "seed": seed,
                                   "collection": collection}
         data = TrainingData(collection, unit_ids, unit_documents, vectors, queries, qrels, source)
-        return data.with_teacher(unit_texts, encoder, relabel=True) if encoder is not None else data
+        return data.with_teacher(unit_texts, encoder, relabel=method != "llm") if encoder is not None else data
 
     folder = Path(qrels_folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"

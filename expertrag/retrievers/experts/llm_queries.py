@@ -1,0 +1,137 @@
+"""Pseudo-queries written by the local LLM: one search question per sampled document.
+
+A random sentence of a document (the ``sentence`` method) reads like the document, not
+like what a user types, and the gains it teaches an expert carry over poorly to real
+queries (``benchmarks/results/router_signal.md``). A question the LLM writes about the
+document is closer in form to a real query, and its source document is its label.
+
+Generation is slow on CPU: with the default 0.5B model a question takes about 1.5 s on 2
+cores. So each question is appended to a JSONL file as soon as it exists, and a rerun
+continues where the last one stopped. The file name contains a hash of the model and the prompt, so a
+new model or prompt starts a new file instead of mixing questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from expertrag.records import Document
+
+if TYPE_CHECKING:
+    from expertrag.rag.llm import LLMBackend
+
+logger = logging.getLogger(__name__)
+
+PROMPT_VERSION = 1
+SYSTEM_PROMPT = "You write search queries."
+USER_PROMPT = ("Document:\n{text}\n\nWrite one short question that a researcher would type into a search engine "
+               "and that this document answers. Reply with the question only.")
+DOCUMENT_CHARS = 700
+"""Characters of the document (title and body) shown to the LLM. The start of a document names its topic."""
+MAX_TOKENS = 40
+MIN_WORDS = 3
+MAX_WORDS = 32
+_PREFIX = re.compile(r"^\s*(?:question|query|q)\s*[:.-]\s*", re.IGNORECASE)
+
+
+def clean_question(reply: str) -> str | None:
+    """Return the first line of an LLM reply as a question, or None when it is too short to be one.
+
+    Quotes, a ``Question:`` prefix and extra whitespace are removed, and the question is
+    cut to ``MAX_WORDS`` words, since a small model sometimes runs on.
+    """
+    line = next((part for part in reply.splitlines() if part.strip()), "")
+    line = _PREFIX.sub("", line.strip()).strip().strip("\"'`").strip()
+    words = line.split()
+    if len(words) < MIN_WORDS:
+        return None
+    return " ".join(words[:MAX_WORDS])
+
+
+def copies_document(question: str, document_text: str, words: int = 10) -> bool:
+    """Return True when the question contains a run of ``words`` consecutive words of the document.
+
+    A small model sometimes echoes the document instead of asking about it. Such a reply
+    teaches the expert nothing that a sentence cut from the document would not.
+    """
+    tokens = question.lower().split()
+    text = " ".join(document_text.lower().split())
+    return any(" ".join(tokens[start:start + words]) in text for start in range(len(tokens) - words + 1))
+
+
+def cache_file(cache_dir: Path, name: str, backend_name: str) -> Path:
+    """Return the JSONL file of the questions that one model wrote for ``name`` with this prompt."""
+    key = json.dumps([backend_name, PROMPT_VERSION, SYSTEM_PROMPT, USER_PROMPT, DOCUMENT_CHARS, MAX_TOKENS])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return cache_dir / "llm_queries" / f"{safe}-{digest}.jsonl"
+
+
+def read_cached(path: Path) -> dict[str, str | None]:
+    """Return {document id: question or None} from a cache file; a torn or unreadable line is skipped."""
+    cached: dict[str, str | None] = {}
+    if not path.exists():
+        return cached
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                cached[str(record["doc"])] = record["question"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return cached
+
+
+def llm_questions(
+    name: str,
+    documents: list[Document],
+    document_texts: list[str],
+    backend: "LLMBackend",
+    max_queries: int,
+    seed: int,
+    cache_dir: Path,
+) -> dict[str, str]:
+    """Return {document id: question} for up to ``max_queries`` documents in a seeded random order.
+
+    Documents whose reply is too short or copies the document are skipped (the reply stays in
+    the cache file). So the result has fewer than ``max_queries`` questions only when the
+    collection runs out of documents.
+    """
+    path = cache_file(cache_dir, name, backend.name)
+    cached = read_cached(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(len(documents))
+    wanted = min(max_queries, len(documents))
+    questions: dict[str, str] = {}
+    written = 0
+    from tqdm.auto import tqdm
+
+    with path.open("a", encoding="utf-8") as handle, tqdm(total=wanted, desc=f"LLM questions {name}",
+                                                          disable=None) as bar:
+        for index in order:
+            if len(questions) >= wanted:
+                break
+            doc_id = documents[index].doc_id
+            if doc_id in cached:
+                question = cached[doc_id]
+            else:
+                text = document_texts[index][:DOCUMENT_CHARS]
+                reply = backend.complete([{"role": "system", "content": SYSTEM_PROMPT},
+                                          {"role": "user", "content": USER_PROMPT.format(text=text)}],
+                                         max_tokens=MAX_TOKENS, temperature=0.0)
+                question = clean_question(reply)
+                handle.write(json.dumps({"doc": doc_id, "question": question}) + "\n")
+                handle.flush()
+                written += 1
+            if question and not copies_document(question, document_texts[index]):
+                questions[doc_id] = question
+                bar.update(1)
+    logger.info("%s: %d LLM questions (%d written now, the rest from %s)", name, len(questions), written, path)
+    return questions
