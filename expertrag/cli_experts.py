@@ -153,11 +153,20 @@ def train(
 
 @experts_app.command("list")
 def list_experts(kb: Path = KB_OPTION, experts_dir: Optional[Path] = DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """List the experts with their validation scores; unreadable folders are listed with the error."""
-    from expertrag.retrievers.experts import ExpertRegistry
+    """List the experts with their validation scores; unreadable or corrupt experts are listed with the error."""
+    from expertrag.retrievers.experts import ExpertError, ExpertRegistry
 
-    infos = ExpertRegistry(_experts_root(kb, experts_dir)).list(include_unreadable=True)
-    rows = [info.summary() for info in infos]
+    registry = ExpertRegistry(_experts_root(kb, experts_dir))
+    rows = []
+    for info in registry.list(include_unreadable=True):
+        row = info.summary()
+        if info.usable:
+            # Reading the adapter checks it against its recorded sha256, as routing does.
+            try:
+                registry.load_weights(info.name)
+            except ExpertError as error:
+                row["error"] = str(error)
+        rows.append(row)
     if as_json:
         _print_json(rows)
         return

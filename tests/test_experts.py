@@ -36,6 +36,7 @@ from expertrag.retrievers.experts import (
     TrainingConfig,
     TrainingData,
     load_beir_training_data,
+    parse_strategy,
     pseudo_query,
     pseudo_query_training_data,
     train_expert,
@@ -359,6 +360,30 @@ def test_router_skips_corrupt_and_missing_adapters(registry_copy, domains, encod
     assert fixed.expert == BASE_EXPERT
     assert "Routing skips expert 'vehicles'" in caplog.text
     assert "ghost" in caplog.text
+
+
+def test_cli_list_reports_corrupt_adapter(registry_copy, caplog):
+    from expertrag.cli_experts import experts_app
+
+    (registry_copy.root / "vehicles" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    (registry_copy.root / "ghost").mkdir()
+    with caplog.at_level(logging.WARNING, logger="expertrag"):
+        result = CliRunner().invoke(experts_app, ["list", "--experts-dir", str(registry_copy.root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert sorted(rows) == ["animals", "ghost", "vehicles"]
+    assert rows["animals"]["error"] is None
+    assert "vehicles" in rows["vehicles"]["error"]
+    assert "expert.json is missing" in rows["ghost"]["error"]
+    # the rows carry the errors, so no warning repeats them
+    assert "Skipping expert" not in caplog.text
+
+
+def test_unknown_strategy_error_omits_oracle():
+    with pytest.raises(InputError) as raised:
+        parse_strategy("nearest")
+    assert "pilot" in str(raised.value)
+    assert "oracle" not in str(raised.value)
 
 
 def test_router_rebuilds_pilots_after_removal(registry_copy, encoder):

@@ -109,14 +109,13 @@ class ExpertRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
 
     def list(self, include_unreadable: bool = False) -> list[ExpertInfo]:
-        """Return every expert; unreadable ones are logged and, unless asked for, left out."""
+        """Return every expert. Unreadable ones are left out with a logged warning, unless ``include_unreadable``."""
         infos = []
         for name in self.names():
             info = self._read_info(name)
-            if info.error:
+            if info.error and not include_unreadable:
                 logger.warning("Skipping expert %r in %s: %s", name, self.root, info.error)
-                if not include_unreadable:
-                    continue
+                continue
             infos.append(info)
         return infos
 

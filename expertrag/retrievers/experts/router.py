@@ -81,7 +81,8 @@ def parse_strategy(strategy: str) -> tuple[str, str | None]:
         return "fixed", strategy[len("fixed:"):]
     if strategy in ("pilot", "centroid", "fusion", "multitask", "oracle"):
         return strategy, None
-    raise InputError(f"Unknown routing strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    usable = [name for name in STRATEGIES if name != "oracle"]
+    raise InputError(f"Unknown routing strategy {strategy!r}: use one of {', '.join(usable)}")
 
 
 class RouterRetriever:
