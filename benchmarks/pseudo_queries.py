@@ -1,9 +1,11 @@
-"""Which no-LLM pseudo-queries train a useful expert? Measured on sets that have real test queries.
+"""Which pseudo-queries train a useful expert? Measured on sets that have real test queries.
 
-For each dataset and method, an expert is trained only on pseudo-queries cut from the
-corpus (a title or a first sentence, paired with its document) and then scored on the
-dataset's real test queries against the base encoder. Experts are kept even when they
-would be rejected, so the table shows the validation gain beside the test gain.
+For each dataset and method, an expert is trained only on pseudo-queries made from the
+corpus (a title, a first sentence or a random sentence cut from a document, or a question
+the local LLM writes about it) and then scored on the dataset's real test queries against
+the base encoder. Experts are kept even when they would be rejected, so the table shows the
+validation gain beside the test gain. Rows with recipe ``in-batch`` were measured
+before the hybrid teacher existed, and rows with ``distill`` or ``distill+labels`` after.
 
 Usage:
     python benchmarks/pseudo_queries.py [--datasets scifact:title scifact:first-sentence ...]
@@ -99,12 +101,13 @@ def main() -> None:
              *[f"    {c}" for c in commands], "",
              "Experts are trained only on pseudo-queries from the corpus (all-MiniLM-L6-v2 base, query-side LoRA "
              "rank 8, the default recipes; validation is a slice of the pseudo-queries). 2 shared CPU cores.", "",
-             "| dataset | method | pseudo-queries | validation base | validation expert | test base | test expert | test gain | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | method | pseudo-queries | validation base | validation expert | test base | test expert "
+             "| test gain | recipe | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['method']} | {r['pseudo_queries']} | {r['validation_base']:.4f} | "
                      f"{r['validation_expert']:.4f} | {r['test_base']:.4f} | {r['test_expert']:.4f} | "
-                     f"{r['test_gain']:+.4f} | {r['training_seconds']} |")
+                     f"{r['test_gain']:+.4f} | {r.get('recipe', '')} | {r['training_seconds']} |")
     (RESULTS / "pseudo_queries.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
