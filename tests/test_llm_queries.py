@@ -18,7 +18,7 @@ from expertrag.rag.model_files import DEFAULT_GGUF, resolve_gguf
 from expertrag.records import Document
 from expertrag.retrievers.encoder import Encoder
 from expertrag.retrievers.experts import pseudo_query_training_data
-from expertrag.retrievers.experts.data import document_text
+from expertrag.retrievers.experts.data import collection_training_data, document_text
 from expertrag.retrievers.experts.llm_queries import (
     cache_file,
     clean_question,
@@ -134,3 +134,19 @@ def test_llm_training_data_keeps_source_labels(tmp_path: Path, llama: LlamaCppBa
     vectors = encoder.encode([data.queries[q] for q in query_ids])
     nearest = np.argmax(vectors @ data.unit_vectors.T, axis=1)
     assert [data.unit_ids[row] for row in nearest] == [q.split(":", 1)[1] for q in query_ids]
+
+
+def test_collection_questions_label_their_chunks(sample_kb, llama, tmp_path, monkeypatch) -> None:
+    from tests.conftest import SAMPLE_COLLECTION
+
+    monkeypatch.setenv("EXPERTRAG_CACHE_DIR", str(tmp_path))
+    data = collection_training_data(sample_kb.store, SAMPLE_COLLECTION, method="llm", max_queries=2,
+                                    encoder=Encoder.shared(), llm=llama)
+    query_ids = sorted(data.qrels)
+    assert 1 <= len(query_ids) <= 2
+    for query_id in query_ids:
+        assert data.qrels[query_id] == {query_id.split(":", 1)[1]: 1}
+        assert query_id.split(":", 1)[1] in data.unit_documents
+    assert data.source["method"] == "llm"
+    assert data.source["teacher"]["labels"] == "qrels"
+    assert list((tmp_path / "llm_queries").glob(f"{SAMPLE_COLLECTION}-*.jsonl"))

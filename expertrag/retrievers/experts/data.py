@@ -367,13 +367,14 @@ def collection_training_data(
     max_queries: int = 1000,
     seed: int = 0,
     encoder: Encoder | None = None,
+    llm: "LLMBackend | None" = None,
 ) -> TrainingData:
     """Build training data over a knowledge-base collection's chunks and their stored base vectors.
 
     With ``qrels_folder``, a BEIR folder whose ``qrels/<split>.tsv`` names the collection's
     document ids, its judged queries are the training queries. Without it, each sampled
-    document's first chunk gives one pseudo-query (with ``llm``, a question the LLM writes
-    about that chunk). With ``encoder`` (the collection's base encoder) the queries are
+    document's first chunk gives one pseudo-query (with method ``llm``, a question that
+    ``llm``, by default the backend the settings name, writes about that chunk). With ``encoder`` (the collection's base encoder) the queries are
     labeled by the hybrid teacher over the chunk texts, as :func:`pseudo_query_training_data`
     does.
 
@@ -400,8 +401,8 @@ def collection_training_data(
         if method == "llm":
             from expertrag.retrievers.experts.llm_queries import llm_questions
 
-            questions = llm_questions(collection, documents, [document_text(d) for d in documents], _default_llm(),
-                                      max_queries, seed, Settings().cache_dir)
+            questions = llm_questions(collection, documents, [document_text(d) for d in documents],
+                                      llm or _default_llm(), max_queries, seed, Settings().cache_dir)
             queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
             qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
             order = order[:0]
