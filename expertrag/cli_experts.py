@@ -96,12 +96,21 @@ def train(
         settings = Settings()
         encoder = Encoder.shared(settings.encoder, settings.device, settings.encode_batch_size)
         registry = ExpertRegistry(_experts_root(kb, experts_dir))
+        # Check the name before the training data exists: LLM pseudo-queries can take many minutes.
+        if name is None and multitask:
+            name = "multitask"
+        elif name is None:
+            name = collection or (data.name if data is not None else None)
+        if name is not None:
+            check_expert_name(name)
+            if name in registry.names() and not overwrite:
+                raise typer.BadParameter(f"expert {name!r} already exists in {registry.root}: "
+                                         "pass --overwrite or remove it")
         if multitask:
             domains = [d for info in registry.list() if info.kind == "domain" for d in registry.load_domains(info.name)]
             if not domains:
                 raise typer.BadParameter("--multitask needs at least one registered domain expert")
             datasets: Any = domains
-            name = name or "multitask"
         elif collection is not None:
             from expertrag.knowledge_base import KnowledgeBase
             from expertrag.retrievers.experts.data import collection_training_data
@@ -111,9 +120,7 @@ def train(
                 datasets = collection_training_data(knowledge_base.store, collection, None if pseudo else data, split,
                                                     pseudo or "sentence", max_queries, seed,  # type: ignore[arg-type]
                                                     encoder if teacher else None)
-            name = name or collection
         elif data is not None:
-            name = name or data.name
             if pseudo:
                 datasets = pseudo_query_training_data(name, load_beir_documents(data), encoder, pseudo,  # type: ignore[arg-type]
                                                       max_queries, seed, settings.cache_dir, {"path": str(data)},
@@ -123,9 +130,7 @@ def train(
         else:
             raise typer.BadParameter("give --collection, --data or --multitask")
 
-        check_expert_name(name)
-        if name in registry.names() and not overwrite:
-            raise typer.BadParameter(f"expert {name!r} already exists in {registry.root}: pass --overwrite or remove it")
+        assert name is not None  # every branch that reaches here gave the expert a name
         config = TrainingConfig(lora=LoraSpec(rank=rank, alpha=2.0 * rank), recipes=_recipes(recipe, learning_rate, teacher, datasets),
                                 epochs=epochs, batch_size=batch_size, seed=seed, min_validation_gain=min_gain,
                                 device=settings.device)

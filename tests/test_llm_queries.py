@@ -25,6 +25,7 @@ from expertrag.retrievers.experts.llm_queries import (
     copies_document,
     llm_questions,
     read_cached,
+    text_hash,
 )
 from expertrag.settings import Settings
 
@@ -106,16 +107,36 @@ def test_questions_are_cached_and_resumed(tmp_path: Path, llama: LlamaCppBackend
         # the question is about its document: it shares a content word with it
         assert any(word.strip("?.,").lower() in source.lower() for word in question.split() if len(word) > 5), question
 
-    # a torn last line (an interrupted run) is skipped, and a rerun requests only the missing questions
+    # mistyped lines and a torn last line (an interrupted run) are skipped, and a rerun
+    # requests only the missing question
     path = cache_file(tmp_path, "toy", llama.name)
     with path.open("a", encoding="utf-8") as handle:
-        handle.write('{"doc": "d3", "quest')
-    assert set(read_cached(path)) == {"d1", "d2"}
+        handle.write('{"doc": 5, "text_sha256": "x", "question": 7}\n["d3"]\n{"doc": "d3", "quest')
+    assert {doc_id for doc_id, _ in read_cached(path)} == {"d1", "d2"}
     again = llm_questions("toy", DOCUMENTS, texts, counting, 3, 0, tmp_path)
     assert counting.calls == 3
     assert {k: again[k] for k in first} == first
-    records = [json.loads(line) for line in path.read_text().splitlines()[:2]]
-    assert [r["doc"] for r in records] == ["d1", "d2"]
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["doc"] for line in lines[:2]] == ["d1", "d2"]
+    # the new line starts after the torn one instead of continuing it
+    assert json.loads(lines[-1])["doc"] == "d3"
+    assert lines[-2] == '{"doc": "d3", "quest'
+
+
+def test_cached_question_needs_same_text(tmp_path: Path, llama: LlamaCppBackend) -> None:
+    texts = [document_text(d) for d in DOCUMENTS]
+    counting = CountingBackend(llama)
+    llm_questions("toy", DOCUMENTS[2:], texts[2:], counting, 1, 0, tmp_path)
+    assert counting.calls == 1
+    # another corpus reuses the id d3 for a different document under the same name
+    other = Document(doc_id="d3", title="Sourdough bread", text="Sourdough bread\n\nA starter of flour and water "
+                     "ferments for five days before it can raise a loaf of bread.")
+    llm_questions("toy", [other], [document_text(other)], counting, 1, 0, tmp_path)
+    assert counting.calls == 2
+    # the first corpus again: its question is still cached
+    llm_questions("toy", DOCUMENTS[2:], texts[2:], counting, 1, 0, tmp_path)
+    assert counting.calls == 2
+    assert text_hash(texts[2]) != text_hash(document_text(other))
 
 
 def test_llm_training_data_keeps_source_labels(tmp_path: Path, llama: LlamaCppBackend) -> None:
@@ -150,3 +171,20 @@ def test_collection_questions_label_their_chunks(sample_kb, llama, tmp_path, mon
     assert data.source["method"] == "llm"
     assert data.source["teacher"]["labels"] == "qrels"
     assert list((tmp_path / "llm_queries").glob(f"{SAMPLE_COLLECTION}-*.jsonl"))
+
+
+def test_cli_checks_name_before_generating(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from expertrag.cli_experts import experts_app
+
+    monkeypatch.setenv("EXPERTRAG_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n"
+                                                 for d in DOCUMENTS))
+    result = CliRunner().invoke(experts_app, ["train", "bad name!", "--data", str(folder), "--pseudo", "llm",
+                                              "--experts-dir", str(tmp_path / "experts")])
+    assert result.exit_code == 2
+    assert "Invalid expert name" in result.output
+    assert not (tmp_path / "cache" / "llm_queries").exists()

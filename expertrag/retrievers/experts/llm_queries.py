@@ -8,8 +8,10 @@ queries (``benchmarks/results/pseudo_queries.md``), so ``sentence`` stays the de
 
 Generation is slow on CPU: with the default 0.5B model a question takes about 1.5 s on 2
 cores. So each question is appended to a JSONL file as soon as it exists, and a rerun
-continues where the last one stopped. The file name contains a hash of the model and the prompt, so a
-new model or prompt starts a new file instead of mixing questions.
+continues where the last one stopped. The file name contains a hash of the model and the
+prompt, so a new model or prompt starts a new file. Each line records a hash of the text the
+LLM saw, so a cached question is reused only for the same document text: another corpus with
+the same document ids, or an edited document, gets new questions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +41,8 @@ DOCUMENT_CHARS = 700
 MAX_TOKENS = 40
 MIN_WORDS = 3
 MAX_WORDS = 32
+PROGRESS_EVERY = 25
+"""Newly written questions between two progress lines in the log (the progress bar needs a terminal)."""
 _PREFIX = re.compile(r"^\s*(?:question|query|q)\s*[:.-]\s*", re.IGNORECASE)
 
 
@@ -75,19 +79,45 @@ def cache_file(cache_dir: Path, name: str, backend_name: str) -> Path:
     return cache_dir / "llm_queries" / f"{safe}-{digest}.jsonl"
 
 
-def read_cached(path: Path) -> dict[str, str | None]:
-    """Return {document id: question or None} from a cache file; a torn or unreadable line is skipped."""
-    cached: dict[str, str | None] = {}
+def text_hash(document_text: str) -> str:
+    """Return a short sha256 of the first ``DOCUMENT_CHARS`` characters, the part of a document in the prompt."""
+    return hashlib.sha256(document_text[:DOCUMENT_CHARS].encode("utf-8")).hexdigest()[:16]
+
+
+def read_cached(path: Path) -> dict[tuple[str, str], str | None]:
+    """Return {(document id, text hash): question or None} from a cache file.
+
+    A torn, unreadable or mistyped line is skipped, so a damaged file costs at most the
+    questions on those lines.
+    """
+    cached: dict[tuple[str, str], str | None] = {}
     if not path.exists():
         return cached
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
-                cached[str(record["doc"])] = record["question"]
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue
+            if not isinstance(record, dict):
+                continue
+            doc_id, digest, question = record.get("doc"), record.get("text_sha256"), record.get("question")
+            if isinstance(doc_id, str) and isinstance(digest, str) and (question is None or isinstance(question, str)):
+                cached[(doc_id, digest)] = question
     return cached
+
+
+def _open_for_append(path: Path) -> Any:
+    """Open ``path`` for appending lines, first ending a line that an interrupted run left torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as handle:
+            handle.seek(-1, 2)
+            torn = handle.read(1) != b"\n"
+        if torn:
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write("\n")
+    return path.open("a", encoding="utf-8")
 
 
 def llm_questions(
@@ -107,30 +137,31 @@ def llm_questions(
     """
     path = cache_file(cache_dir, name, backend.name)
     cached = read_cached(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(documents))
     wanted = min(max_queries, len(documents))
     questions: dict[str, str] = {}
     written = 0
     from tqdm.auto import tqdm
 
-    with path.open("a", encoding="utf-8") as handle, tqdm(total=wanted, desc=f"LLM questions {name}",
-                                                          disable=None) as bar:
+    with _open_for_append(path) as handle, tqdm(total=wanted, desc=f"LLM questions {name}", disable=None) as bar:
         for index in order:
             if len(questions) >= wanted:
                 break
             doc_id = documents[index].doc_id
-            if doc_id in cached:
-                question = cached[doc_id]
+            digest = text_hash(document_texts[index])
+            if (doc_id, digest) in cached:
+                question = cached[(doc_id, digest)]
             else:
                 text = document_texts[index][:DOCUMENT_CHARS]
                 reply = backend.complete([{"role": "system", "content": SYSTEM_PROMPT},
                                           {"role": "user", "content": USER_PROMPT.format(text=text)}],
                                          max_tokens=MAX_TOKENS, temperature=0.0)
                 question = clean_question(reply)
-                handle.write(json.dumps({"doc": doc_id, "question": question}) + "\n")
+                handle.write(json.dumps({"doc": doc_id, "text_sha256": digest, "question": question}) + "\n")
                 handle.flush()
                 written += 1
+                if written % PROGRESS_EVERY == 0:
+                    logger.info("%s: %d of %d LLM questions, %d written now", name, len(questions), wanted, written)
             if question and not copies_document(question, document_texts[index]):
                 questions[doc_id] = question
                 bar.update(1)
