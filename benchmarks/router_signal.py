@@ -1,4 +1,4 @@
-"""How well the queries pilot embeddings are built from predict what experts do on real queries.
+"""Routing ceilings, and the agreement of pilot queries with real queries on which expert is best.
 
 The pilot router can only be as good as its pilot queries: it sends a query to the expert
 that did best on similar stored queries. This benchmark measures, for the experts of one
@@ -8,9 +8,9 @@ folder:
    single candidate per dataset, as in the router table, and the query oracle the best
    candidate per query. Own-domain routing sends every test query of a dataset to that
    dataset's expert (the base encoder when it has none), as a perfect domain classifier would.
-2. For each expert domain, the gain of every candidate over the base encoder on the
-   domain's held-out stored queries (validation role, never trained on) against its gain on
-   the dataset's real test queries, with the Spearman rank correlation of the two. A low
+2. For each expert domain, the gain of every candidate over the base encoder on two query
+   sets: the domain's held-out stored queries (validation role, never trained on) and the
+   dataset's real test queries. The Spearman rank correlation compares the two. A low
    correlation means the stored queries, pseudo-queries for most domains, rank the experts
    differently from real queries.
 3. The pilot router with pilots built from all stored queries (the default) and from the
@@ -145,14 +145,15 @@ def main(argv: list[str] | None = None) -> None:
         key = f"{name}/{domains[name][0].name}"
         validation = held_out[name][0].qrels
         stored = cache[f"stored/{key}"]
-        held = np.array([np.mean([stored[c][q] - stored[BASE_EXPERT][q] for q in validation]) for c in columns[1:]])
+        held_out_gain = np.array([np.mean([stored[c][q] - stored[BASE_EXPERT][q] for q in validation])
+                                  for c in columns[1:]])
         _, test = tests[name]
-        real = np.array([np.mean([test[c][q] - test[BASE_EXPERT][q] for q in test[c]]) for c in columns[1:]])
+        test_gain = np.array([np.mean([test[c][q] - test[BASE_EXPERT][q] for q in test[c]]) for c in columns[1:]])
         signal.append({"domain": name, "held_out_queries": len(validation),
                        "source": registry.get(name).metadata["domains"][0]["source"].get("kind"),
-                       "held_out_gain": dict(zip(columns[1:], (100 * held).round(2).tolist())),
-                       "test_gain": dict(zip(columns[1:], (100 * real).round(2).tolist())),
-                       "spearman": round(spearman(held, real), 2)})
+                       "held_out_gain": dict(zip(columns[1:], (100 * held_out_gain).round(2).tolist())),
+                       "test_gain": dict(zip(columns[1:], (100 * test_gain).round(2).tolist())),
+                       "spearman": round(spearman(held_out_gain, test_gain), 2)})
 
     static = StaticEmbedder(encoder)
     pilots = {}

@@ -59,7 +59,7 @@ def train(
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Train on this knowledge-base collection's chunks."),
     data: Optional[Path] = typer.Option(None, "--data", help="BEIR folder: its corpus, or with --collection only its qrels."),
     split: str = typer.Option("train", help="Qrels split that contains the training queries."),
-    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Make pseudo-queries instead of reading qrels: sentence, title, first-sentence, auto, ict or llm (questions from the local LLM, about 1.5 s each on CPU, cached); default for a collection without --data: sentence."),
+    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Make pseudo-queries instead of reading qrels: sentence, title, first-sentence, auto, ict or llm (questions from the local LLM, about 1.5 s each on CPU, cached). Default for a collection without --data: sentence."),
     teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="Label the queries with the BM25 + base-encoder hybrid teacher and distill it."),
     max_queries: int = typer.Option(1000, min=2, help="Pseudo-queries to make (one per sampled document)."),
     multitask: bool = typer.Option(False, "--multitask", help="Train one adapter on the stored queries of every domain expert."),

@@ -309,28 +309,23 @@ def pseudo_query_training_data(
     qrels: dict[str, dict[str, int]] = {}
     shortened: dict[int, str] = {}
     if method == "llm":
-        from expertrag.retrievers.experts.llm_queries import llm_questions
-
-        questions = llm_questions(name, documents, texts, llm or _default_llm(), max_queries, seed,
-                                  cache_dir or Settings().cache_dir)
-        queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
-        qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
-        order = order[:0]
-    for index in order:
-        if method in ("ict", "sentence"):
-            pair = inverse_cloze_pair(documents[index], rng)
-            text = pair[0] if pair else None
-            if pair and method == "ict":
-                shortened[int(index)] = pair[1]
-        else:
-            text = pseudo_query(documents[index], method)
-        if text is None:
-            continue
-        query_id = f"pseudo:{documents[index].doc_id}"
-        queries[query_id] = text
-        qrels[query_id] = {documents[index].doc_id: 1}
-        if len(queries) >= max_queries:
-            break
+        queries, qrels = _llm_pseudo_queries(name, documents, texts, llm, max_queries, seed, cache_dir)
+    else:
+        for index in order:
+            if method in ("ict", "sentence"):
+                pair = inverse_cloze_pair(documents[index], rng)
+                text = pair[0] if pair else None
+                if pair and method == "ict":
+                    shortened[int(index)] = pair[1]
+            else:
+                text = pseudo_query(documents[index], method)
+            if text is None:
+                continue
+            query_id = f"pseudo:{documents[index].doc_id}"
+            queries[query_id] = text
+            qrels[query_id] = {documents[index].doc_id: 1}
+            if len(queries) >= max_queries:
+                break
     if shortened:
         # The unit of each pseudo-queried document becomes the document without its query
         # sentence, so training cannot succeed by matching the sentence word for word.
@@ -351,11 +346,23 @@ def pseudo_query_training_data(
     return data.with_teacher(texts, encoder, relabel=method != "llm") if teacher else data
 
 
-def _default_llm() -> "LLMBackend":
-    """Return the LLM backend the settings name (the local GGUF model by default)."""
-    from expertrag.rag.llm import create_backend
+def _llm_pseudo_queries(
+    name: str, documents: list[Document], texts: list[str], llm: "LLMBackend | None", max_queries: int, seed: int,
+    cache_dir: Path | None,
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Return (queries, qrels) of LLM questions, each judged relevant to the document it was written about.
 
-    return create_backend(Settings())
+    ``llm`` defaults to the backend the settings name, and ``cache_dir`` to the settings' cache folder.
+    """
+    from expertrag.rag.llm import create_backend
+    from expertrag.retrievers.experts.llm_queries import llm_questions
+
+    settings = Settings()
+    questions = llm_questions(name, documents, texts, llm or create_backend(settings), max_queries, seed,
+                              cache_dir or settings.cache_dir)
+    queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
+    qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
+    return queries, qrels
 
 
 def collection_training_data(
@@ -373,10 +380,10 @@ def collection_training_data(
 
     With ``qrels_folder``, a BEIR folder whose ``qrels/<split>.tsv`` names the collection's
     document ids, its judged queries are the training queries. Without it, each sampled
-    document's first chunk gives one pseudo-query (with method ``llm``, a question that
-    ``llm``, by default the backend the settings name, writes about that chunk). With ``encoder`` (the collection's base encoder) the queries are
-    labeled by the hybrid teacher over the chunk texts, as :func:`pseudo_query_training_data`
-    does.
+    document's first chunk gives one pseudo-query. With method ``llm`` it is a question that
+    ``llm`` (by default the backend the settings name) writes about that chunk. With
+    ``encoder`` (the collection's base encoder) the queries are labeled by the hybrid teacher
+    over the chunk texts, as :func:`pseudo_query_training_data` does.
 
     Raises:
         InputError: the collection contains no chunks, or the qrels name unknown queries or documents.
@@ -399,24 +406,20 @@ def collection_training_data(
         queries: dict[str, str] = {}
         qrels: dict[str, dict[str, int]] = {}
         if method == "llm":
-            from expertrag.retrievers.experts.llm_queries import llm_questions
-
-            questions = llm_questions(collection, documents, [document_text(d) for d in documents],
-                                      llm or _default_llm(), max_queries, seed, Settings().cache_dir)
-            queries = {f"pseudo:{doc_id}": question for doc_id, question in questions.items()}
-            qrels = {f"pseudo:{doc_id}": {doc_id: 1} for doc_id in questions}
-            order = order[:0]
-        for index in order:
-            if method == "sentence":
-                pair = inverse_cloze_pair(documents[index], rng)
-                text = pair[0] if pair else None
-            else:
-                text = pseudo_query(documents[index], method)
-            if text is not None:
-                queries[f"pseudo:{documents[index].doc_id}"] = text
-                qrels[f"pseudo:{documents[index].doc_id}"] = {documents[index].doc_id: 1}
-            if len(queries) >= max_queries:
-                break
+            queries, qrels = _llm_pseudo_queries(collection, documents, [document_text(d) for d in documents], llm,
+                                                 max_queries, seed, None)
+        else:
+            for index in order:
+                if method == "sentence":
+                    pair = inverse_cloze_pair(documents[index], rng)
+                    text = pair[0] if pair else None
+                else:
+                    text = pseudo_query(documents[index], method)
+                if text is not None:
+                    queries[f"pseudo:{documents[index].doc_id}"] = text
+                    qrels[f"pseudo:{documents[index].doc_id}"] = {documents[index].doc_id: 1}
+                if len(queries) >= max_queries:
+                    break
         if not queries:
             raise InputError(f"Collection {collection!r}: no document gives a pseudo-query with method {method!r}. "
                              f"{_METHOD_NEEDS[method]}")

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def read_cached(path: Path) -> dict[tuple[str, str], str | None]:
     return cached
 
 
-def _open_for_append(path: Path) -> Any:
+def _open_for_append(path: Path) -> TextIO:
     """Open ``path`` for appending lines, first ending a line that an interrupted run left torn."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.stat().st_size:
@@ -138,14 +138,14 @@ def llm_questions(
     path = cache_file(cache_dir, name, backend.name)
     cached = read_cached(path)
     order = np.random.default_rng(seed).permutation(len(documents))
-    wanted = min(max_queries, len(documents))
+    target_count = min(max_queries, len(documents))
     questions: dict[str, str] = {}
     written = 0
     from tqdm.auto import tqdm
 
-    with _open_for_append(path) as handle, tqdm(total=wanted, desc=f"LLM questions {name}", disable=None) as bar:
+    with _open_for_append(path) as handle, tqdm(total=target_count, desc=f"LLM questions {name}", disable=None) as bar:
         for index in order:
-            if len(questions) >= wanted:
+            if len(questions) >= target_count:
                 break
             doc_id = documents[index].doc_id
             digest = text_hash(document_texts[index])
@@ -161,7 +161,7 @@ def llm_questions(
                 handle.flush()
                 written += 1
                 if written % PROGRESS_EVERY == 0:
-                    logger.info("%s: %d of %d LLM questions, %d written now", name, len(questions), wanted, written)
+                    logger.info("%s: %d of %d LLM questions, %d written now", name, len(questions), target_count, written)
             if question and not copies_document(question, document_texts[index]):
                 questions[doc_id] = question
                 bar.update(1)
